@@ -83,10 +83,7 @@ pub fn pg_bin_dir() -> anyhow::Result<PathBuf> {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"));
     if !dir.join("postgres").exists() {
-        bail!(
-            "no PostgreSQL server binaries in {} (install postgresql-15 or set CONTINUUM_PG_BIN)",
-            dir.display()
-        );
+        bail!("no PostgreSQL server binaries in {} (install postgresql-15 or set CONTINUUM_PG_BIN)", dir.display());
     }
     Ok(dir)
 }

@@ -152,7 +152,8 @@ impl Drop for PowerDns {
 }
 
 fn create_database(dir: &Path) -> anyhow::Result<()> {
-    let schema = std::fs::read_to_string(SCHEMA).with_context(|| format!("read {SCHEMA} (install pdns-backend-sqlite3)"))?;
+    let schema =
+        std::fs::read_to_string(SCHEMA).with_context(|| format!("read {SCHEMA} (install pdns-backend-sqlite3)"))?;
     let mut cmd = Command::new("sqlite3");
     cmd.arg(dir.join("pdns.sqlite3")).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
     let mut child = cmd.spawn().context("spawn sqlite3 (install sqlite3)")?;
@@ -168,7 +169,13 @@ fn create_database(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_config(dir: &Path, dns_port: u16, api_port: u16, api_key: &str, extra: &[(String, String)]) -> anyhow::Result<()> {
+fn write_config(
+    dir: &Path,
+    dns_port: u16,
+    api_port: u16,
+    api_key: &str,
+    extra: &[(String, String)],
+) -> anyhow::Result<()> {
     let mut settings: Vec<(String, String)> = [
         ("launch", "gsqlite3".to_string()),
         ("gsqlite3-database", dir.join("pdns.sqlite3").display().to_string()),

@@ -308,7 +308,8 @@ impl PgPairBuilder {
 
 fn append(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write;
-    let mut f = std::fs::OpenOptions::new().append(true).open(path).with_context(|| format!("open {}", path.display()))?;
+    let mut f =
+        std::fs::OpenOptions::new().append(true).open(path).with_context(|| format!("open {}", path.display()))?;
     f.write_all(text.as_bytes()).with_context(|| format!("append to {}", path.display()))
 }
 
