@@ -1,2 +1,238 @@
 //! The region-local daemon: ties the lease store, the PostgreSQL driver and PDM into planned
 //! switchover and automatic failover, with an HTTP API, CLI, metrics and audit log.
+//!
+//! # Layout
+//! - [`config`]: the TOML file, defaults and cross-field validation.
+//! - [`api`]: axum router, wire types and the [`api::Orchestrator`] seam the daemon implements.
+//! - [`auth`]: bearer tokens with roles viewer < operator < owner.
+//! - [`metrics`]: the Prometheus registry.
+//! - [`audit`]: fsynced JSON-lines log, shipped to NATS JetStream.
+//! - [`failpoint`]: named crash points at every switchover step edge.
+//! - [`switchover`]: the planned-switchover state machine over the replicated record.
+//! - [`cli`]: the `continuum` command line (daemon and API client).
+//! - [`telemetry`]: tracing setup.
+
+pub mod api;
+pub mod audit;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod failpoint;
+pub mod metrics;
+pub mod switchover;
+pub mod telemetry;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::api::{ApiState, Orchestrator, Readiness};
+use crate::audit::{Audit, AuditEntry};
+use crate::auth::{Caller, TokenStore};
+use crate::config::{Config, Role};
+use crate::failpoint::Failpoint;
+use crate::metrics::Metrics;
+
+/// Process exit status for a usage or configuration error (`EX_USAGE` from sysexits.h).
+pub const EXIT_USAGE: i32 = 64;
+/// Process exit status when a service the command needs cannot be reached (`EX_UNAVAILABLE`).
+pub const EXIT_UNAVAILABLE: i32 = 69;
+
+/// Every error of this crate. The variant names double as metric labels ([`Error::metric_label`]).
+/// `Display` never repeats the source; print chains with [`error_chain`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid configuration: {key}: {message}")]
+    Config { key: String, message: String },
+    #[error("wrong use: {message}")]
+    Usage { message: String },
+    #[error("{what} not found")]
+    NotFound { what: String },
+    #[error("{region} is not eligible: {reason}")]
+    Ineligible { region: String, reason: String },
+    #[error("conflict: {reason}")]
+    Conflict { reason: String },
+    #[error("bad request: {message}")]
+    BadRequest { message: String },
+    #[error("unavailable: {reason}")]
+    Unavailable { reason: String },
+    #[error("`continuum {command}` is not available yet: {reason}")]
+    NotYetAvailable { command: &'static str, reason: &'static str },
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("API server failed")]
+    Serve(#[source] std::io::Error),
+    #[error("audit: {message}")]
+    Audit {
+        message: String,
+        #[source]
+        source: Option<std::io::Error>,
+    },
+    #[error("audit log is closed")]
+    AuditClosed,
+    #[error("cannot reach {url}")]
+    Http {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{status}: {code}: {message}")]
+    Api { status: u16, code: String, message: String },
+    #[error("internal error: {message}")]
+    Internal { message: String },
+}
+
+impl Error {
+    /// A stable, low-cardinality name for metrics (`continuum_errors_total{kind=...}`).
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Config { .. } => "config",
+            Error::Usage { .. } => "usage",
+            Error::NotFound { .. } => "not_found",
+            Error::Ineligible { .. } => "ineligible",
+            Error::Conflict { .. } => "conflict",
+            Error::BadRequest { .. } => "bad_request",
+            Error::Unavailable { .. } => "unavailable",
+            Error::NotYetAvailable { .. } => "not_yet_available",
+            Error::Bind { .. } => "bind",
+            Error::Serve(_) => "serve",
+            Error::Audit { .. } => "audit",
+            Error::AuditClosed => "audit_closed",
+            Error::Http { .. } => "http",
+            Error::Api { .. } => "api",
+            Error::Internal { .. } => "internal",
+        }
+    }
+
+    /// The process exit status for this error when it ends a command.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Config { .. } | Error::Usage { .. } => EXIT_USAGE,
+            Error::Http { .. } | Error::NotYetAvailable { .. } => EXIT_UNAVAILABLE,
+            _ => 1,
+        }
+    }
+}
+
+/// `error: cause: cause` on one line.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        out += ": ";
+        out += &cause.to_string();
+        source = cause.source();
+    }
+    out
+}
+
+/// Why `continuum run` cannot orchestrate yet.
+const NOT_WIRED: &str = "orchestration is not wired yet: the lease, cnpg-pair and pdm integration is pending";
+
+/// The orchestrator `run` uses until the lease store, PostgreSQL driver and PDM client are
+/// plugged in: it answers every operation with 503 instead of pretending.
+struct NotWired {
+    events: broadcast::Sender<api::Event>,
+}
+
+#[async_trait]
+impl Orchestrator for NotWired {
+    async fn status(&self) -> Result<api::Status, Error> {
+        Err(Error::Unavailable { reason: NOT_WIRED.into() })
+    }
+    async fn plan(&self, _: &api::PlanRequest) -> Result<api::Plan, Error> {
+        Err(Error::Unavailable { reason: NOT_WIRED.into() })
+    }
+    async fn start_switchover(&self, _: &api::SwitchoverRequest, _: &Caller) -> Result<Uuid, Error> {
+        Err(Error::Unavailable { reason: NOT_WIRED.into() })
+    }
+    async fn history(&self) -> Result<Vec<api::SwitchoverRecord>, Error> {
+        Err(Error::Unavailable { reason: NOT_WIRED.into() })
+    }
+    async fn switchover(&self, _: Uuid) -> Result<api::SwitchoverRecord, Error> {
+        Err(Error::Unavailable { reason: NOT_WIRED.into() })
+    }
+    fn subscribe(&self) -> broadcast::Receiver<api::Event> {
+        self.events.subscribe()
+    }
+}
+
+/// Runs a data region's daemon until `shutdown` resolves: opens the audit log, serves the API,
+/// and (once integrated) orchestrates. Configuration problems found here (e.g. an unreadable
+/// tokens file) are [`Error::Config`].
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
+    // `Config::load` validated already; a config built in code gets the same checks.
+    config.validate()?;
+    failpoint::arm(&config.failpoints)
+        .map_err(|message| Error::Config { key: format!("failpoints / {}", failpoint::ENV), message })?;
+    if config.role == Role::Witness {
+        return Err(witness_not_available());
+    }
+    let missing = |key: &str| Error::Config { key: key.into(), message: "required for role data".into() };
+    let api_config = config.api.as_ref().ok_or_else(|| missing("api"))?;
+    let audit_config = config.audit.as_ref().ok_or_else(|| missing("audit"))?;
+    let tokens = Arc::new(TokenStore::load(&api_config.tokens_file)?);
+    let tls = match (&api_config.tls_cert, &api_config.tls_key) {
+        (Some(cert), Some(key)) => Some(api::TlsConfig::load(cert, key)?),
+        _ => None,
+    };
+    let metrics = Metrics::new();
+    // A log that cannot be opened is a wrong path or permission in the file: a configuration error.
+    let (audit, audit_tasks) = Audit::open(audit_config, &config.region, metrics.clone())
+        .map_err(|e| Error::Config { key: "audit.log".into(), message: error_chain(&e) })?;
+    let listener = tokio::net::TcpListener::bind(api_config.listen)
+        .await
+        .map_err(|source| Error::Bind { addr: api_config.listen, source })?;
+    let addr = listener.local_addr().map_err(Error::Serve)?;
+    audit.append(AuditEntry::new("daemon.started", serde_json::json!({ "api": addr.to_string() }))).await?;
+    failpoint::hit(Failpoint::Startup);
+
+    let (_readiness, readiness_rx) = watch::channel(Readiness::NotReady(NOT_WIRED.into()));
+    let (events, _) = broadcast::channel(256);
+    let stop = CancellationToken::new();
+    let state = ApiState {
+        orchestrator: Arc::new(NotWired { events }),
+        tokens,
+        metrics,
+        readiness: readiness_rx,
+        shutdown: stop.clone(),
+    };
+    tracing::info!(region = %config.region, %addr, tls = tls.is_some(), "API listening");
+    let mut server = match tls {
+        Some(tls) => tokio::spawn(api::serve_tls(listener, tls, state)),
+        None => tokio::spawn(api::serve(listener, state)),
+    };
+    let served = tokio::select! {
+        () = shutdown => {
+            tracing::info!("shutting down");
+            stop.cancel();
+            (&mut server).await
+        }
+        result = &mut server => result,
+    };
+    let served =
+        served.map_err(|e| Error::Internal { message: format!("API task: {e}") }).and_then(|r| r.map_err(Error::Serve));
+    let stopped = audit.append(AuditEntry::new("daemon.stopped", serde_json::json!({}))).await;
+    drop(audit);
+    audit_tasks.shutdown().await;
+    served?;
+    stopped?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// `continuum witness` until the lease crate lands.
+pub fn witness_not_available() -> Error {
+    Error::NotYetAvailable {
+        command: "witness",
+        reason: "the witness needs the lease store, which is not integrated yet",
+    }
+}

@@ -1,0 +1,248 @@
+//! The API's wire types, shared by the server, the CLI and the orchestrator.
+//!
+//! Times are RFC 3339 strings; durations are integer milliseconds (`*_ms`); a value the daemon
+//! could not measure is `null`, never `0`.
+
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::config::{Durability, Takeover};
+use crate::failpoint::Step;
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// The region of the daemon that answered.
+    pub region: String,
+    pub pairs: Vec<PairStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PairStatus {
+    pub name: String,
+    /// Region holding the lease, if anyone does.
+    pub holder: Option<String>,
+    pub epoch: u64,
+    pub lease: LeaseHealth,
+    pub durability: Durability,
+    pub takeover: Takeover,
+    pub auto_failover: bool,
+    /// The region the store lists as synchronous standby: the only one automatic failover may promote.
+    pub sync_standby: Option<String>,
+    pub regions: Vec<RegionStatus>,
+    /// Why writes are blocked right now (e.g. durability `required` with the standby gone).
+    pub writes_blocked: Option<String>,
+    /// The switchover in progress, if any.
+    pub in_flight: Option<Uuid>,
+    pub last_switchover: Option<SwitchoverRecord>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaseState {
+    Held,
+    Expired,
+    Unknown,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseHealth {
+    pub state: LeaseState,
+    /// Remaining validity as the holder sees it (renewal send time + duration − drift margin).
+    pub remaining_ms: Option<u64>,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PgRole {
+    Primary,
+    Standby,
+    /// Stopped by the daemon so it cannot accept writes.
+    Fenced,
+    Down,
+    Unknown,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegionStatus {
+    pub region: String,
+    pub role: PgRole,
+    /// Replay lag behind the primary, for standbys.
+    pub lag_bytes: Option<u64>,
+    pub lag_seconds: Option<f64>,
+    /// `pg_stat_replication.sync_state` as the primary reports it (`sync`, `async`, ...).
+    pub sync_state: Option<String>,
+    /// Whether a planned switchover to this region may start now.
+    pub eligible: bool,
+    pub ineligible_reason: Option<String>,
+}
+
+/// `POST /v1/plan`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanRequest {
+    /// Target region.
+    pub to: String,
+    /// Pair to move; may be left out when the daemon protects one pair.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pair: Option<String>,
+}
+
+/// The dry run: exactly what a switchover would do now, and what stands in its way.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub pair: String,
+    pub from: String,
+    pub to: String,
+    /// Epoch now; the switchover would end at `epoch + 1`.
+    pub epoch: u64,
+    pub steps: Vec<PlannedStep>,
+    /// Unmet preconditions that would make `POST /v1/switchover` answer 409. Empty: it may start.
+    pub blockers: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlannedStep {
+    pub step: Step,
+    /// Region whose daemon performs the step.
+    pub region: String,
+    pub action: String,
+    pub preconditions: Vec<Precondition>,
+    /// Set when the step will be reported as skipped, with the reason.
+    pub skipped: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Precondition {
+    pub check: String,
+    pub met: bool,
+    pub detail: Option<String>,
+}
+
+/// `POST /v1/switchover`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchoverRequest {
+    pub to: String,
+    /// Free text for the audit record.
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pair: Option<String>,
+}
+
+/// `202 Accepted` answer to a switchover request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchoverAccepted {
+    pub id: Uuid,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SwitchoverKind {
+    Planned,
+    Failover,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SwitchoverState {
+    Pending,
+    Running,
+    Succeeded,
+    /// Failed before the lease moved: the old primary is unfenced and still primary.
+    RolledBack,
+    /// Could not complete nor roll back; `error` says what an operator must look at.
+    Failed,
+}
+
+impl SwitchoverState {
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Succeeded | Self::RolledBack | Self::Failed)
+    }
+}
+
+/// One entry of `GET /v1/switchovers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SwitchoverRecord {
+    pub id: Uuid,
+    pub pair: String,
+    pub kind: SwitchoverKind,
+    pub from: String,
+    pub to: String,
+    pub reason: String,
+    /// Token name of the caller, or `continuum` for automatic failovers.
+    pub requested_by: String,
+    #[serde(with = "humantime_serde")]
+    pub requested_at: SystemTime,
+    #[serde(default, with = "humantime_serde")]
+    pub finished_at: Option<SystemTime>,
+    pub state: SwitchoverState,
+    pub epoch_before: u64,
+    pub epoch_after: Option<u64>,
+    pub steps: Vec<StepRecord>,
+    /// Longest time a writer could not commit, as observed by the daemon.
+    pub write_gap_ms: Option<u64>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    Pending,
+    Running,
+    Done,
+    Skipped,
+    Failed,
+    RolledBack,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub step: Step,
+    pub state: StepState,
+    #[serde(default, with = "humantime_serde")]
+    pub started_at: Option<SystemTime>,
+    pub duration_ms: Option<u64>,
+    pub detail: Option<String>,
+}
+
+/// One server-sent event of `GET /v1/events`; the SSE event name is `type`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// The lease of a pair changed hands or epoch.
+    Lease { pair: String, holder: Option<String>, epoch: u64 },
+    /// A switchover step changed state.
+    Step { switchover: Uuid, pair: String, step: Step, state: StepState, duration_ms: Option<u64> },
+    /// A switchover changed state.
+    Switchover { id: Uuid, pair: String, state: SwitchoverState },
+    /// This subscriber fell behind and missed events; re-read `/v1/status`.
+    Lagged { missed: u64 },
+}
+
+impl Event {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::Lease { .. } => "lease",
+            Event::Step { .. } => "step",
+            Event::Switchover { .. } => "switchover",
+            Event::Lagged { .. } => "lagged",
+        }
+    }
+}
+
+/// Every error answer: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
