@@ -1,3 +1,36 @@
 //! The data-plane driver: observes a synchronous PostgreSQL pair, decides whether the standby is
 //! eligible for a lossless promotion, and fences, promotes and rejoins nodes (plain PostgreSQL
-//! and CloudNativePG).
+//! now; CloudNativePG later behind the same [`PairDriver`] trait).
+//!
+//! A planned switchover A → B at this level (the daemon adds the lease and DNS steps between):
+//! 1. `a.fence()` → [`FenceOutcome`] with the end of A's shutdown checkpoint;
+//! 2. `b.wait_caught_up(&final_position, deadline)`: B received and replayed it (same system and
+//!    timeline), so nothing A acknowledged is missing;
+//! 3. (durability `preferred` only) `b.drop_sync(Durability::Preferred, store)`, so B accepts
+//!    writes before A is back; under `required` B waits for A;
+//! 4. `b.promote(&PromoteRequest { epoch, .. })`: records the epoch in `continuum.fencing`;
+//! 5. `a.rejoin_as_standby(&upstream_b)`: follow, else `pg_rewind`, else re-clone;
+//! 6. `b.enable_sync("a", store)`: B waits for A again, then the store records it.
+//!
+//! Every step is idempotent; after a crash the daemon repeats the step it was in.
+//! [`evaluate`] decides whether an automatic failover may promote the standby.
+//! Database roles: managed mode connects as a superuser; an observer-only role needs
+//! `pg_monitor` (for `pg_ls_waldir()` and `pg_stat_replication` details).
+
+mod driver;
+pub mod eligibility;
+mod error;
+mod lsn;
+pub mod observe;
+pub mod plain;
+mod sync;
+
+pub use driver::{
+    CaughtUp, FenceMethod, FenceOutcome, PairDriver, PromoteRequest, Promotion, RejoinMethod, Rejoined, Upstream,
+};
+pub use eligibility::{Eligibility, EligibilityPolicy, NotPromotable, evaluate};
+pub use error::{Error, ErrorClass, Result};
+pub use lsn::{Lsn, LsnParseError, WalPosition};
+pub use observe::{Lag, Observed, PairSnapshot, PrimaryObservation, ReplicaStatus, StandbyObservation, SyncState};
+pub use plain::{ControlData, PlainDriver, PlainNodeConfig, PlainTimeouts, RejoinPolicy, RunAs};
+pub use sync::{Durability, StoreWriteError, SyncRecordStore};

@@ -11,7 +11,9 @@ pub mod os;
 pub mod pdns;
 pub mod pg;
 pub mod ports;
+pub mod proxy;
 pub mod wait;
+pub mod writer;
 
 pub use dns::{DnsAnswer, DnsProbe};
 pub use pdns::{PowerDns, PowerDnsBuilder};

@@ -71,13 +71,16 @@ impl WriterHandle {
 
     /// Waits until at least `n` commits are acknowledged in total (fails after `timeout`).
     pub async fn wait_acked(&mut self, n: usize, timeout: Duration) -> anyhow::Result<()> {
-        let wait = self.progress.wait_for(|acked| *acked >= n);
-        match tokio::time::timeout(timeout, wait).await {
-            Ok(Ok(_)) => Ok(()),
+        let outcome = tokio::time::timeout(timeout, self.progress.wait_for(|acked| *acked >= n))
+            .await
+            .map(|waited| waited.map(|_| ()));
+        match outcome {
+            Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => anyhow::bail!("writer stopped before {n} acknowledged commits"),
-            Err(_) => anyhow::bail!("timed out after {timeout:?} waiting for {n} acknowledged commits (have {})", {
-                *self.progress.borrow()
-            }),
+            Err(_) => {
+                let have = *self.progress.borrow();
+                anyhow::bail!("timed out after {timeout:?} waiting for {n} acknowledged commits (have {have})")
+            }
         }
     }
 
@@ -166,32 +169,35 @@ async fn run(
         };
         let id = next_id;
         next_id += 1;
-        tokio::select! {
-            _ = stop.changed() => {
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
+        let result = tokio::select! {
+            _ = stop.changed() => None,
+            result = conn.execute(insert.as_str(), &params) => Some(result),
+        };
+        match result {
+            None => {
                 // Abandon the in-flight commit by dropping the connection (never cancel it).
                 report.unknown.push(id);
                 return report;
             }
-            result = conn.execute(insert.as_str(), &[&id]) => match result {
-                Ok(_) => {
-                    let now = Instant::now();
-                    if let Some((_, last)) = report.acked_at.last() {
-                        report.longest_gap = report.longest_gap.max(now.duration_since(*last));
-                    }
-                    report.acked.push(id);
-                    report.acked_at.push((id, now));
-                    progress.send_replace(report.acked.len());
+            Some(Ok(_)) => {
+                let now = Instant::now();
+                if let Some((_, last)) = report.acked_at.last() {
+                    report.longest_gap = report.longest_gap.max(now.duration_since(*last));
                 }
-                Err(e) => {
-                    if definitely_not_committed(&e) {
-                        report.rejected.push(id);
-                    } else {
-                        report.unknown.push(id);
-                    }
-                    report.record_error(format!("insert {id}: {e}"));
-                    client = None;
+                report.acked.push(id);
+                report.acked_at.push((id, now));
+                progress.send_replace(report.acked.len());
+            }
+            Some(Err(e)) => {
+                if definitely_not_committed(&e) {
+                    report.rejected.push(id);
+                } else {
+                    report.unknown.push(id);
                 }
-            },
+                report.record_error(format!("insert {id}: {e}"));
+                client = None;
+            }
         }
     }
 }

@@ -1,0 +1,134 @@
+//! The crate's one error type, classified for the daemon's retry/alert decisions.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::sync::StoreWriteError;
+
+/// What the caller should do about an [`Error`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Transient or of unknown outcome: retry the same (idempotent) operation after a backoff.
+    Retryable,
+    /// Will not fix itself (bad config, missing binary, gave up): a human has to look.
+    NeedsOperator,
+    /// Proceeding could lose acknowledged commits or create a second writable primary: stop the
+    /// sequence and keep the node fenced.
+    Unsafe,
+}
+
+/// Errors of the data-plane driver. Every variant names the node it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+
+    #[error("{node}: cannot connect to PostgreSQL: {source}")]
+    Connect {
+        node: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
+    #[error("{node}: {what} failed: {source}")]
+    Query {
+        node: String,
+        what: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
+    /// The deadline passed before an answer: the outcome is unknown, not failed.
+    #[error("{node}: {what} did not finish within {after:?}; outcome unknown")]
+    Timeout { node: String, what: &'static str, after: Duration },
+
+    #[error("{node}: `{command}` failed: {detail}")]
+    Command { node: String, command: String, detail: String },
+
+    #[error("{node}: {path}: {source}")]
+    Io {
+        node: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{node}: unexpected output from {what}: {detail}")]
+    Parse { node: String, what: &'static str, detail: String },
+
+    #[error("{node}: system identifier {found} does not match {expected}; LSNs are not comparable")]
+    SystemIdMismatch { node: String, expected: u64, found: u64 },
+
+    #[error("{node}: on timeline {found}, expected {expected}; LSNs are not comparable")]
+    TimelineMismatch { node: String, expected: u32, found: u32 },
+
+    #[error("{node}: is {found}, expected {expected}")]
+    WrongRole { node: String, expected: &'static str, found: &'static str },
+
+    #[error("{node}: refuses epoch {epoch}: epoch {recorded} is already recorded")]
+    EpochWentBackwards { node: String, epoch: u64, recorded: u64 },
+
+    #[error("{node}: pg_promote did not confirm the promotion; outcome unknown")]
+    PromotionNotConfirmed { node: String },
+
+    /// Its history diverged from the upstream's: it cannot simply follow (needs pg_rewind).
+    #[error("{node}: diverged from {upstream}: {detail}")]
+    Diverged { node: String, upstream: String, detail: String },
+
+    #[error("durability is `required`: synchronous replication is never relaxed")]
+    DurabilityRequired,
+
+    #[error("lease store write: {0}")]
+    StoreWrite(#[from] StoreWriteError),
+
+    #[error("{node}: rejoin gave up after {attempts} attempts; last error: {last}")]
+    RejoinGaveUp { node: String, attempts: u32, last: Box<Error> },
+}
+
+impl Error {
+    /// A short stable label for metrics (`error="timeout"`).
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::InvalidInput(_) => "invalid_input",
+            Error::Connect { .. } => "connect",
+            Error::Query { .. } => "query",
+            Error::Timeout { .. } => "timeout",
+            Error::Command { .. } => "command",
+            Error::Io { .. } => "io",
+            Error::Parse { .. } => "parse",
+            Error::SystemIdMismatch { .. } => "system_id_mismatch",
+            Error::TimelineMismatch { .. } => "timeline_mismatch",
+            Error::WrongRole { .. } => "wrong_role",
+            Error::EpochWentBackwards { .. } => "epoch_went_backwards",
+            Error::PromotionNotConfirmed { .. } => "promotion_not_confirmed",
+            Error::Diverged { .. } => "diverged",
+            Error::DurabilityRequired => "durability_required",
+            Error::StoreWrite(_) => "store_write",
+            Error::RejoinGaveUp { .. } => "rejoin_gave_up",
+        }
+    }
+
+    /// Whether to retry, page someone, or stop because going on is unsafe.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Error::Connect { .. }
+            | Error::Query { .. }
+            | Error::Timeout { .. }
+            | Error::Command { .. }
+            | Error::PromotionNotConfirmed { .. }
+            | Error::Diverged { .. }
+            | Error::StoreWrite(_) => ErrorClass::Retryable,
+            Error::InvalidInput(_)
+            | Error::Io { .. }
+            | Error::Parse { .. }
+            | Error::DurabilityRequired
+            | Error::RejoinGaveUp { .. } => ErrorClass::NeedsOperator,
+            Error::SystemIdMismatch { .. }
+            | Error::TimelineMismatch { .. }
+            | Error::WrongRole { .. }
+            | Error::EpochWentBackwards { .. } => ErrorClass::Unsafe,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
