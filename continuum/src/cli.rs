@@ -42,6 +42,13 @@ pub enum Command {
     Run(ConfigArg),
     /// Run the witness (votes in the lease store only).
     Witness(ConfigArg),
+    /// Start the whole system on this machine (two PostgreSQL servers, PowerDNS, PDM, two
+    /// daemons and a witness, all on loopback) until Ctrl-C; prints how to reach it.
+    Demo {
+        /// Print the facts as one JSON line once everything is ready.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate a configuration file and exit (status 64 when invalid).
     CheckConfig(ConfigArg),
     /// Show the pairs, lease holder, epoch, roles and lag.
@@ -134,8 +141,9 @@ pub async fn execute(cli: Cli) -> Result<(), Error> {
                     message: "`continuum witness` needs role = \"witness\"".into(),
                 });
             }
-            Err(crate::witness_not_available())
+            crate::run(config, shutdown_signal()).await
         }
+        Command::Demo { json } => crate::demo::run(json, shutdown_signal()).await,
         Command::CheckConfig(args) => {
             let config = Config::load(&args.config)?;
             let role = match config.role {

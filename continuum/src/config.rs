@@ -119,6 +119,12 @@ pub struct LeaseConfig {
     /// Subtracted from the holder's validity to absorb clock-rate differences between nodes.
     #[serde(with = "humantime_serde", default = "defaults::drift_margin")]
     pub drift_margin: Duration,
+    /// Store side: added to a silent holder's duration before another region may be granted.
+    #[serde(with = "humantime_serde", default = "defaults::grant_margin")]
+    pub grant_margin: Duration,
+    /// Deadline of one lease-store write or linearizable read; then the outcome is unknown.
+    #[serde(with = "humantime_serde", default = "defaults::call_timeout")]
+    pub call_timeout: Duration,
 }
 
 impl Default for LeaseConfig {
@@ -127,6 +133,8 @@ impl Default for LeaseConfig {
             renew_interval: defaults::renew_interval(),
             duration: defaults::lease_duration(),
             drift_margin: defaults::drift_margin(),
+            grant_margin: defaults::grant_margin(),
+            call_timeout: defaults::call_timeout(),
         }
     }
 }
@@ -151,7 +159,22 @@ pub struct PairConfig {
     #[serde(with = "humantime_serde", default = "defaults::failover_debounce")]
     pub failover_debounce: Duration,
     pub postgres: PostgresConfig,
+    /// The pair's PostgreSQL servers in the other data regions (where a rejoining node streams
+    /// from, and what the standby's daemon observes).
+    #[serde(default)]
+    pub peers: Vec<PgPeerConfig>,
     pub dns: DnsConfig,
+}
+
+/// Another region's PostgreSQL server of the pair.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgPeerConfig {
+    pub region: String,
+    #[serde(default = "defaults::pg_host")]
+    pub host: String,
+    #[serde(default = "defaults::pg_port")]
+    pub port: u16,
 }
 
 /// This region's PostgreSQL server of the pair.
@@ -169,6 +192,10 @@ pub struct PostgresConfig {
     pub superuser: String,
     /// OS account the PostgreSQL binaries run as (PostgreSQL refuses root). Unset: the daemon's own.
     pub run_as: Option<String>,
+    /// Server log (`pg_ctl -l`). Unset: `<data_dir>.log`.
+    pub log_file: Option<PathBuf>,
+    /// Unix socket directory. Unset: the data directory's parent.
+    pub socket_dir: Option<PathBuf>,
 }
 
 /// The pair's DNS record, committed through PDM on every holder change.
@@ -177,9 +204,16 @@ pub struct PostgresConfig {
 pub struct DnsConfig {
     /// Record name inside `pdm.zone`, e.g. `db` for `db.example.org.`.
     pub record: String,
-    /// Typed LUA record spec, passed to PDM as is; its schema belongs to the `pdm` crate.
+    /// Typed LUA record spec, passed to PDM as is; its schema belongs to the `pdm` crate. The
+    /// tier holding the lease holder's address is moved first on every commit.
     #[serde(default)]
     pub lua: toml::Table,
+    /// The address each region's clients should reach (region → IP). Without `lua`, the record
+    /// is a plain A/AAAA record of the holder's address.
+    #[serde(default)]
+    pub addresses: std::collections::BTreeMap<String, String>,
+    #[serde(default = "defaults::dns_ttl")]
+    pub ttl: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -264,6 +298,12 @@ mod defaults {
     pub fn drift_margin() -> Duration {
         Duration::from_millis(500)
     }
+    pub fn grant_margin() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn call_timeout() -> Duration {
+        Duration::from_secs(3)
+    }
     pub fn max_lag_bytes() -> u64 {
         16 * 1024 * 1024
     }
@@ -287,6 +327,9 @@ mod defaults {
     }
     pub fn pg_superuser() -> String {
         "postgres".into()
+    }
+    pub fn dns_ttl() -> u32 {
+        5
     }
     pub fn pdm_timeout() -> Duration {
         Duration::from_secs(5)
@@ -353,6 +396,19 @@ impl Config {
                 format!(
                     "must be greater than zero and shorter than lease.duration minus lease.drift_margin ({})",
                     humantime::format_duration(lease.duration - lease.drift_margin)
+                ),
+            ));
+        }
+        if lease.call_timeout.is_zero() {
+            return Err(invalid("lease.call_timeout", "must be greater than zero"));
+        }
+        let handle = crate::orchestrator::handle_config(lease);
+        if handle.validate().is_err() {
+            return Err(invalid(
+                "lease.duration",
+                format!(
+                    "must exceed drift_margin + renew_interval + duration/5 (fence lead) + {} (renew call deadline)",
+                    humantime::format_duration(handle.call_timeout)
                 ),
             ));
         }
@@ -499,6 +555,18 @@ fn validate_pair(i: usize, pair: &PairConfig) -> Result<(), Error> {
     }
     if pair.postgres.superuser.trim().is_empty() {
         return Err(invalid(key("postgres.superuser"), "must not be empty"));
+    }
+    if !pair.postgres.data_dir.is_absolute() {
+        return Err(invalid(key("postgres.data_dir"), "must be an absolute path"));
+    }
+    for (j, peer) in pair.peers.iter().enumerate() {
+        if peer.port == 0 || peer.region.trim().is_empty() {
+            return Err(invalid(key(&format!("peers[{j}]")), "needs a region and a non-zero port"));
+        }
+    }
+    if !pair.dns.lua.is_empty() {
+        let value = serde_json::to_value(&pair.dns.lua).map_err(|e| invalid(key("dns.lua"), e.to_string()))?;
+        serde_json::from_value::<pdm::LuaSpec>(value).map_err(|e| invalid(key("dns.lua"), e.to_string()))?;
     }
     Ok(())
 }

@@ -9,6 +9,9 @@
 //! - [`audit`]: fsynced JSON-lines log, shipped to NATS JetStream.
 //! - [`failpoint`]: named crash points at every switchover step edge.
 //! - [`switchover`]: the planned-switchover state machine over the replicated record.
+//! - [`orchestrator`]: the data region's [`api::Orchestrator`]: embedded lease node, control
+//!   loop per pair (renew and fence, sync standby, failover, switchover steps), witness.
+//! - [`demo`]: `continuum demo`, the whole system on loopback; [`pki`]: its throwaway CA.
 //! - [`cli`]: the `continuum` command line (daemon and API client).
 //! - [`telemetry`]: tracing setup.
 
@@ -17,22 +20,23 @@ pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod failpoint;
 pub mod metrics;
+pub mod orchestrator;
+pub mod pki;
 pub mod switchover;
 pub mod telemetry;
 
 use std::future::Future;
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
-use crate::api::{ApiState, Orchestrator, Readiness};
+use crate::api::{ApiState, Readiness};
 use crate::audit::{Audit, AuditEntry};
-use crate::auth::{Caller, TokenStore};
+use crate::auth::TokenStore;
 use crate::config::{Config, Role};
 use crate::failpoint::Failpoint;
 use crate::metrics::Metrics;
@@ -134,39 +138,8 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     out
 }
 
-/// Why `continuum run` cannot orchestrate yet.
-const NOT_WIRED: &str = "orchestration is not wired yet: the lease, cnpg-pair and pdm integration is pending";
-
-/// The orchestrator `run` uses until the lease store, PostgreSQL driver and PDM client are
-/// plugged in: it answers every operation with 503 instead of pretending.
-struct NotWired {
-    events: broadcast::Sender<api::Event>,
-}
-
-#[async_trait]
-impl Orchestrator for NotWired {
-    async fn status(&self) -> Result<api::Status, Error> {
-        Err(Error::Unavailable { reason: NOT_WIRED.into() })
-    }
-    async fn plan(&self, _: &api::PlanRequest) -> Result<api::Plan, Error> {
-        Err(Error::Unavailable { reason: NOT_WIRED.into() })
-    }
-    async fn start_switchover(&self, _: &api::SwitchoverRequest, _: &Caller) -> Result<Uuid, Error> {
-        Err(Error::Unavailable { reason: NOT_WIRED.into() })
-    }
-    async fn history(&self) -> Result<Vec<api::SwitchoverRecord>, Error> {
-        Err(Error::Unavailable { reason: NOT_WIRED.into() })
-    }
-    async fn switchover(&self, _: Uuid) -> Result<api::SwitchoverRecord, Error> {
-        Err(Error::Unavailable { reason: NOT_WIRED.into() })
-    }
-    fn subscribe(&self) -> broadcast::Receiver<api::Event> {
-        self.events.subscribe()
-    }
-}
-
-/// Runs a data region's daemon until `shutdown` resolves: opens the audit log, serves the API,
-/// and (once integrated) orchestrates. Configuration problems found here (e.g. an unreadable
+/// Runs a data region's daemon (or the witness) until `shutdown` resolves: opens the audit log,
+/// starts the lease node and the orchestrator, serves the API. Configuration problems found here (e.g. an unreadable
 /// tokens file) are [`Error::Config`].
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
     // `Config::load` validated already; a config built in code gets the same checks.
@@ -174,7 +147,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     failpoint::arm(&config.failpoints)
         .map_err(|message| Error::Config { key: format!("failpoints / {}", failpoint::ENV), message })?;
     if config.role == Role::Witness {
-        return Err(witness_not_available());
+        return orchestrator::run_witness(&config, shutdown).await;
     }
     let missing = |key: &str| Error::Config { key: key.into(), message: "required for role data".into() };
     let api_config = config.api.as_ref().ok_or_else(|| missing("api"))?;
@@ -195,16 +168,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     audit.append(AuditEntry::new("daemon.started", serde_json::json!({ "api": addr.to_string() }))).await?;
     failpoint::hit(Failpoint::Startup);
 
-    let (_readiness, readiness_rx) = watch::channel(Readiness::NotReady(NOT_WIRED.into()));
+    let (readiness, readiness_rx) = watch::channel(Readiness::NotReady("starting".into()));
     let (events, _) = broadcast::channel(256);
     let stop = CancellationToken::new();
-    let state = ApiState {
-        orchestrator: Arc::new(NotWired { events }),
-        tokens,
-        metrics,
-        readiness: readiness_rx,
-        shutdown: stop.clone(),
-    };
+    let daemon =
+        orchestrator::Daemon::start(&config, audit.clone(), metrics.clone(), events.clone(), readiness, stop.clone())
+            .await?;
+    let state =
+        ApiState { orchestrator: daemon.clone(), tokens, metrics, readiness: readiness_rx, shutdown: stop.clone() };
     tracing::info!(region = %config.region, %addr, tls = tls.is_some(), "API listening");
     let mut server = match tls {
         Some(tls) => tokio::spawn(api::serve_tls(listener, tls, state)),
@@ -220,19 +191,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     };
     let served =
         served.map_err(|e| Error::Internal { message: format!("API task: {e}") }).and_then(|r| r.map_err(Error::Serve));
+    stop.cancel();
+    daemon.shutdown().await;
     let stopped = audit.append(AuditEntry::new("daemon.stopped", serde_json::json!({}))).await;
+    // The audit writer ends once every handle is gone: the daemon's loops hold some.
+    drop(daemon);
     drop(audit);
     audit_tasks.shutdown().await;
     served?;
     stopped?;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// `continuum witness` until the lease crate lands.
-pub fn witness_not_available() -> Error {
-    Error::NotYetAvailable {
-        command: "witness",
-        reason: "the witness needs the lease store, which is not integrated yet",
-    }
 }

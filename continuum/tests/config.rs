@@ -202,11 +202,32 @@ fn check_config_accepts_the_examples() {
 }
 
 #[test]
-fn witness_says_it_is_not_available_yet() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/witness.toml");
-    let out = Command::new(BIN).arg("witness").arg("--config").arg(&path).output().unwrap();
-    assert_eq!(out.status.code(), Some(continuum::EXIT_UNAVAILABLE));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not available yet"));
+fn witness_runs_its_lease_node_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_daemon_config(dir.path(), testkit::free_port(), |_| {});
+    // Turn region a's config into the witness's: node 3, no data sections.
+    let mut doc: toml::Table = std::fs::read_to_string(&path).unwrap().parse().unwrap();
+    for key in ["pairs", "pdm", "audit", "api"] {
+        doc.remove(key);
+    }
+    doc.insert("region".into(), "w".into());
+    doc.insert("role".into(), "witness".into());
+    let raft = doc["raft"].as_table_mut().unwrap();
+    raft.insert("node_id".into(), 3.into());
+    let witness_addr = raft["peers"].as_array().unwrap()[2]["address"].as_str().unwrap().to_string();
+    raft.insert("listen".into(), witness_addr.clone().into());
+    std::fs::write(&path, toml::to_string(&doc).unwrap()).unwrap();
+    let mut witness =
+        ChildGuard(Command::new(BIN).arg("witness").arg("--config").arg(&path).stderr(Stdio::null()).spawn().unwrap());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(&witness_addr).is_err() {
+        assert!(std::time::Instant::now() < deadline, "witness never listened on {witness_addr}");
+        assert!(witness.0.try_wait().unwrap().is_none(), "witness exited early");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: kill has no memory preconditions; the pid is our child's.
+    unsafe { libc::kill(witness.0.id() as i32, libc::SIGTERM) };
+    assert!(witness.0.wait().unwrap().success());
 }
 
 #[tokio::test]
@@ -236,17 +257,21 @@ async fn daemon_serves_health_and_stops_on_sigterm() {
     .await
     .unwrap();
 
-    // Not ready, and says why, until orchestration is wired in.
+    // Not ready, and says why: no peer of the lease store is running.
     let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503);
-    assert!(ready.text().await.unwrap().contains("not wired"));
+    let reason = ready.text().await.unwrap();
+    assert!(reason.contains("raft leader") || reason.contains("lease record"), "{reason}");
     let metrics = http.get(format!("{base}/metrics")).send().await.unwrap();
     assert_eq!(metrics.status(), 200);
-    // The API's operations need a token, and without an orchestrator answer 503, not made-up data.
+    // The API's operations need a token; the status says nobody is known to hold the lease.
     let status = http.get(format!("{base}/v1/status")).send().await.unwrap();
     assert_eq!(status.status(), 401);
     let status = http.get(format!("{base}/v1/status")).bearer_auth(common::VIEWER).send().await.unwrap();
-    assert_eq!(status.status(), 503);
+    assert_eq!(status.status(), 200);
+    let status: continuum::api::Status = status.json().await.unwrap();
+    assert_eq!((status.region.as_str(), status.pairs[0].holder.as_deref()), ("a", None));
+    assert_eq!(status.pairs[0].lease.state, continuum::api::LeaseState::Unknown);
 
     // An open event stream must not hold up the shutdown.
     let mut events = http.get(format!("{base}/v1/events")).bearer_auth(common::VIEWER).send().await.unwrap();
@@ -372,16 +397,18 @@ async fn daemon_serves_https_when_configured() {
     // Plain HTTP gets no answer from a TLS port.
     assert!(reqwest::Client::new().get(format!("http://127.0.0.1:{port}/healthz")).send().await.is_err());
 
-    // The CLI trusts the CA given with --ca and reaches the API (which answers 503: not wired yet).
+    // The CLI trusts the CA given with --ca and reaches the API.
     let out = tokio::process::Command::new(BIN)
-        .args(["status", "--api", &base, "--ca"])
+        .args(["status", "--json", "--api", &base, "--ca"])
         .arg(&cert)
         .env("CONTINUUM_TOKEN", common::VIEWER)
         .output()
         .await
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("503: unavailable"), "{stderr}");
+    assert!(out.status.success(), "{stderr}");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["region"], "a");
     // Without the CA it refuses the unknown certificate.
     let out = tokio::process::Command::new(BIN)
         .args(["status", "--api", &base])

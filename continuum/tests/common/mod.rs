@@ -19,6 +19,8 @@ use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+pub mod cluster;
+
 pub const OWNER: &str = "owner-token-0123456789abcdef";
 pub const OPERATOR: &str = "operator-token-0123456789abcdef";
 pub const VIEWER: &str = "viewer-token-0123456789abcdef";
@@ -310,9 +312,14 @@ pub async fn stream_messages(url: &str, stream: &str) -> anyhow::Result<Vec<(Str
 }
 
 /// Writes a valid data-role config for the binary (the region-a example with the API on
-/// `api_port` and the audit log and tokens in `dir`), after `edit` had its say.
+/// `api_port`, the audit log, tokens, raft data, throwaway certificates and the PDM token in
+/// `dir`, raft on free loopback ports with no peer running, PostgreSQL absent), after `edit`
+/// had its say.
 pub fn write_daemon_config(dir: &Path, api_port: u16, edit: impl FnOnce(&mut toml::Table)) -> PathBuf {
     std::fs::write(dir.join("tokens.toml"), tokens_toml()).unwrap();
+    std::fs::write(dir.join("pdm.token"), "pdm-token\n").unwrap();
+    let ca = continuum::pki::LocalCa::new(dir).unwrap();
+    let node = ca.node("a").unwrap();
     let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/region-a.toml")).unwrap();
     let mut doc: toml::Table = example.parse().unwrap();
     let api = doc["api"].as_table_mut().unwrap();
@@ -321,6 +328,22 @@ pub fn write_daemon_config(dir: &Path, api_port: u16, edit: impl FnOnce(&mut tom
     let mut audit = toml::Table::new();
     audit.insert("log".into(), dir.join("audit.log").display().to_string().into());
     doc.insert("audit".into(), audit.into());
+    let raft = doc["raft"].as_table_mut().unwrap();
+    raft.insert("listen".into(), format!("127.0.0.1:{}", testkit::free_port()).into());
+    raft.insert("data_dir".into(), dir.join("raft").display().to_string().into());
+    for peer in raft["peers"].as_array_mut().unwrap() {
+        peer.as_table_mut().unwrap().insert("address".into(), format!("127.0.0.1:{}", testkit::free_port()).into());
+    }
+    let tls = doc["tls"].as_table_mut().unwrap();
+    tls.insert("cert".into(), node.cert.display().to_string().into());
+    tls.insert("key".into(), node.key.display().to_string().into());
+    tls.insert("ca".into(), node.ca.display().to_string().into());
+    doc["pdm"].as_table_mut().unwrap().insert("token_file".into(), dir.join("pdm.token").display().to_string().into());
+    let pair = doc["pairs"].as_array_mut().unwrap()[0].as_table_mut().unwrap();
+    let pg = pair["postgres"].as_table_mut().unwrap();
+    pg.insert("data_dir".into(), dir.join("pgdata").display().to_string().into());
+    pg.insert("port".into(), i64::from(testkit::free_port()).into());
+    pg.remove("run_as");
     edit(&mut doc);
     let path = dir.join("continuum.toml");
     std::fs::write(&path, toml::to_string(&doc).unwrap()).unwrap();

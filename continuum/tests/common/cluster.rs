@@ -1,0 +1,359 @@
+//! A whole deployment on loopback for end-to-end tests: a real PostgreSQL 15 sync pair (`a`
+//! primary, `b` standby), PowerDNS + PDM, and three `continuum` processes (data daemons `a` and
+//! `b`, witness `w`) with short lease timings. Dropping it kills every process.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+use continuum::api::{PairStatus, Status};
+use testkit::{DnsProbe, PgNode, PgPair, PowerDns};
+use tokio::sync::oneshot;
+
+use super::{OWNER, VIEWER, tokens_toml};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_continuum");
+pub const ZONE: &str = "continuum.test";
+pub const RECORD: &str = "db.continuum.test";
+pub const PDM_TOKEN: &str = "pdm-test-token-0123456789abcdef";
+
+/// The DNS answer when `region` holds the lease.
+pub fn address_of(region: &str) -> &'static str {
+    match region {
+        "a" => "192.0.2.1",
+        _ => "192.0.2.2",
+    }
+}
+
+pub struct Options {
+    pub durability: &'static str,
+    pub failover_debounce: &'static str,
+    pub auto_failover: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { durability: "preferred", failover_debounce: "5s", auto_failover: true }
+    }
+}
+
+pub struct Daemon {
+    pub region: String,
+    pub config: PathBuf,
+    pub api: String,
+    pub log: PathBuf,
+    child: Option<Child>,
+    env: Vec<(String, String)>,
+}
+
+impl Daemon {
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Starts (or restarts) the process with extra environment variables.
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let command = if self.region == "w" { "witness" } else { "run" };
+        let mut cmd = Command::new(BIN);
+        cmd.arg(command).arg("--config").arg(&self.config);
+        cmd.env_remove(continuum::failpoint::ENV).env("RUST_LOG", "info,openraft=warn");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        self.child = Some(cmd.spawn().context("spawn continuum")?);
+        Ok(())
+    }
+
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.into(), value.into()));
+    }
+
+    pub fn clear_env(&mut self) {
+        self.env.clear();
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits for the process to exit by itself (e.g. a failpoint); its exit code.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<Option<i32>> {
+        let child = self.child.as_mut().context("not running")?;
+        let code = testkit::wait_for("daemon exit", timeout, || {
+            let status = child.try_wait();
+            async move { Ok(status?.map(|s| s.code())) }
+        })
+        .await?;
+        self.child = None;
+        Ok(code)
+    }
+
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub struct Cluster {
+    pub pg: PgPair,
+    pub pdns: PowerDns,
+    pub dns: DnsProbe,
+    pub daemons: BTreeMap<String, Daemon>,
+    pub dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+    pdm_stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(stop) = self.pdm_stop.take() {
+            let _ = stop.send(());
+        }
+        for daemon in self.daemons.values_mut() {
+            daemon.kill9();
+        }
+    }
+}
+
+fn pg_section(node: &PgNode, peer: &PgNode, root: bool) -> String {
+    let run_as = if root { "run_as = \"postgres\"\n" } else { "" };
+    format!(
+        "[pairs.postgres]\ndata_dir = \"{}\"\nbin_dir = \"{}\"\nport = {}\nlog_file = \"{}\"\nsocket_dir = \"{}\"\n{run_as}\n\
+         [[pairs.peers]]\nregion = \"{}\"\nport = {}\n\n",
+        node.data_dir.display(),
+        node.bin_dir.display(),
+        node.port,
+        node.log_file.display(),
+        node.socket_dir.display(),
+        peer.name,
+        peer.port
+    )
+}
+
+impl Cluster {
+    pub async fn start(options: Options) -> anyhow::Result<Cluster> {
+        testkit::install_crypto_provider();
+        let pg = PgPair::builder().names("a", "b").start().await?;
+        let pdns = PowerDns::builder().health_check_interval(1).start().await?;
+        let dir = tempfile::Builder::new().prefix("continuum-e2e-").tempdir()?;
+        let d = dir.path();
+        std::fs::write(d.join("pdm.token"), format!("{PDM_TOKEN}\n"))?;
+        std::fs::write(d.join("tokens.toml"), tokens_toml())?;
+        let pdm_config = pdm::Config::from_toml(&format!(
+            "listen = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n[powerdns]\napi_url = \"{}\"\napi_key = \"{}\"\n\
+             dns_addr = \"{}\"\nhealth_check_interval = \"1s\"\n[zones]\ndefault_nameservers = [\"ns1.continuum.invalid.\"]\n",
+            d.join("pdm.token").display(),
+            pdns.api_url,
+            pdns.api_key,
+            pdns.dns_addr
+        ))?;
+        let server = pdm::Server::bind(&pdm_config).await?;
+        let pdm_url = format!("http://{}", server.local_addr());
+        let (pdm_stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = server
+                .serve(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        let pdm = pdm::PdmClient::new(&pdm_url, PDM_TOKEN, Duration::from_secs(10))?;
+        pdm.create_zone(&pdm::CreateZoneRequest { name: ZONE.into(), nameservers: vec![] }).await?;
+
+        let ca = continuum::pki::LocalCa::new(d)?;
+        let raft_ports: BTreeMap<&str, u16> =
+            [("a", testkit::free_port()), ("b", testkit::free_port()), ("w", testkit::free_port())].into();
+        let root = testkit::os::postgres_user()?.is_some();
+        let mut daemons = BTreeMap::new();
+        for (id, region) in [(1, "a"), (2, "b"), (3, "w")] {
+            let files = ca.node(region)?;
+            let witness = region == "w";
+            let mut text = format!(
+                "region = \"{region}\"\nrole = \"{}\"\n\n[raft]\nnode_id = {id}\nlisten = \"127.0.0.1:{}\"\n\
+                 data_dir = \"{}\"\nheartbeat_interval = \"100ms\"\nelection_timeout_min = \"400ms\"\n\
+                 election_timeout_max = \"800ms\"\n\n",
+                if witness { "witness" } else { "data" },
+                raft_ports[region],
+                d.join(format!("raft-{region}")).display()
+            );
+            for (pid, pregion) in [(1, "a"), (2, "b"), (3, "w")] {
+                text += &format!(
+                    "[[raft.peers]]\nid = {pid}\nregion = \"{pregion}\"\naddress = \"127.0.0.1:{}\"\nwitness = {}\n\n",
+                    raft_ports[pregion],
+                    pregion == "w"
+                );
+            }
+            text += &format!(
+                "[tls]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n\n[lease]\nrenew_interval = \"300ms\"\nduration = \"2s\"\n\
+                 drift_margin = \"200ms\"\ngrant_margin = \"300ms\"\ncall_timeout = \"1s\"\n\n",
+                files.cert.display(),
+                files.key.display(),
+                files.ca.display()
+            );
+            let api_port = testkit::free_port();
+            if !witness {
+                let (node, peer) = if region == "a" { (&pg.primary, &pg.standby) } else { (&pg.standby, &pg.primary) };
+                text += &format!(
+                    "[[pairs]]\nname = \"app\"\ndurability = \"{}\"\nfailover_debounce = \"{}\"\nauto_failover = {}\n\n",
+                    options.durability, options.failover_debounce, options.auto_failover
+                );
+                text += &pg_section(node, peer, root);
+                text += &format!(
+                    "[pairs.dns]\nrecord = \"db\"\nttl = 1\naddresses = {{ a = \"{}\", b = \"{}\" }}\n\n",
+                    address_of("a"),
+                    address_of("b")
+                );
+                text += &format!(
+                    "[pdm]\nurl = \"{pdm_url}\"\ntoken_file = \"{}\"\nzone = \"{ZONE}\"\n\n\
+                     [api]\nlisten = \"127.0.0.1:{api_port}\"\ntokens_file = \"{}\"\n\n[audit]\nlog = \"{}\"\n",
+                    d.join("pdm.token").display(),
+                    d.join("tokens.toml").display(),
+                    d.join(format!("audit-{region}.log")).display()
+                );
+            }
+            let config = d.join(format!("{region}.toml"));
+            std::fs::write(&config, text)?;
+            let mut daemon = Daemon {
+                region: region.into(),
+                config,
+                api: format!("http://127.0.0.1:{api_port}"),
+                log: d.join(format!("{region}.log")),
+                child: None,
+                env: Vec::new(),
+            };
+            daemon.start()?;
+            daemons.insert(region.to_string(), daemon);
+        }
+        let dns = DnsProbe::new(pdns.dns_addr)?;
+        let cluster = Cluster { pg, pdns, dns, daemons, dir, http: reqwest::Client::new(), pdm_stop: Some(pdm_stop) };
+        // Ready: a holds the lease, b is recorded as synchronous standby, DNS points at a.
+        cluster
+            .wait_pair("a holds the lease with b as recorded sync standby", Duration::from_secs(60), |p| {
+                p.holder.as_deref() == Some("a") && p.sync_standby.as_deref() == Some("b")
+            })
+            .await?;
+        cluster.wait_dns("a").await?;
+        Ok(cluster)
+    }
+
+    pub fn daemon(&mut self, region: &str) -> &mut Daemon {
+        self.daemons.get_mut(region).expect("known region")
+    }
+
+    pub fn logs(&self) -> String {
+        self.daemons
+            .values()
+            .map(|d| format!("--- {} ---\n{}", d.region, d.log_tail(40)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Waits until `region`'s daemon answers `/readyz` with 200.
+    pub async fn wait_ready(&self, region: &str) -> anyhow::Result<()> {
+        let api = &self.daemons[region].api;
+        testkit::wait_until(&format!("{region} ready"), Duration::from_secs(30), || async move {
+            Ok(self.http.get(format!("{api}/readyz")).send().await.is_ok_and(|r| r.status().is_success()))
+        })
+        .await
+        .with_context(|| self.logs())
+    }
+
+    pub async fn status(&self, region: &str) -> anyhow::Result<PairStatus> {
+        let api = &self.daemons[region].api;
+        let status: Status = self
+            .http
+            .get(format!("{api}/v1/status"))
+            .bearer_auth(VIEWER)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        status.pairs.into_iter().next().context("no pair")
+    }
+
+    /// Waits until some data daemon's status satisfies `check`.
+    pub async fn wait_pair(
+        &self,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&PairStatus) -> bool,
+    ) -> anyhow::Result<PairStatus> {
+        self.wait_pair_on(&["a", "b"], what, timeout, check).await
+    }
+
+    /// Waits until the status of one of `regions`' daemons satisfies `check`.
+    pub async fn wait_pair_on(
+        &self,
+        regions: &[&str],
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&PairStatus) -> bool,
+    ) -> anyhow::Result<PairStatus> {
+        let check = &check;
+        testkit::wait_for(what, timeout, || async move {
+            for region in regions {
+                if let Ok(status) = self.status(region).await
+                    && check(&status)
+                {
+                    return Ok(Some(status));
+                }
+            }
+            Ok(None)
+        })
+        .await
+        .with_context(|| self.logs())
+    }
+
+    pub async fn wait_dns(&self, region: &str) -> anyhow::Result<()> {
+        let want = address_of(region);
+        testkit::wait_until(&format!("DNS answers {want}"), Duration::from_secs(20), || async move {
+            Ok(self.dns.a(RECORD).await.map(|a| a == [want]).unwrap_or(false))
+        })
+        .await
+    }
+
+    /// Multi-host connection string that follows the writable node.
+    pub fn conninfo(&self) -> String {
+        format!("{} connect_timeout=2", self.pg.multi_host_conninfo())
+    }
+
+    pub fn node(&self, region: &str) -> &PgNode {
+        if region == "a" { &self.pg.primary } else { &self.pg.standby }
+    }
+
+    /// The `continuum` CLI against `region`'s daemon as the owner.
+    pub fn cli(&self, region: &str) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(BIN);
+        cmd.env("CONTINUUM_TOKEN", OWNER).env("CONTINUUM_API", &self.daemons[region].api);
+        cmd.env_remove("CONTINUUM_CA");
+        cmd
+    }
+
+    /// Ids present on `node` in `table`.
+    pub async fn ids_on(node: &PgNode, table: &str) -> anyhow::Result<std::collections::BTreeSet<i64>> {
+        let client = node.connect().await?;
+        let rows = client.query(&format!("SELECT id FROM {table}"), &[]).await?;
+        Ok(rows.iter().map(|r| r.get::<_, i64>(0)).collect())
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
