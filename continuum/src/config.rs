@@ -158,6 +158,10 @@ pub struct PairConfig {
     /// Minimum time between two automatic failovers of this pair (no flapping).
     #[serde(with = "humantime_serde", default = "defaults::failover_debounce")]
     pub failover_debounce: Duration,
+    /// How long the new lease holder waits for a dead old region's remaining switchover steps
+    /// (its `rejoin`) before it completes the record without them.
+    #[serde(with = "humantime_serde", default = "defaults::switchover_rejoin_timeout")]
+    pub switchover_rejoin_timeout: Duration,
     pub postgres: PostgresConfig,
     /// The pair's PostgreSQL servers in the other data regions (where a rejoining node streams
     /// from, and what the standby's daemon observes).
@@ -314,6 +318,9 @@ mod defaults {
         true
     }
     pub fn failover_debounce() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn switchover_rejoin_timeout() -> Duration {
         Duration::from_secs(60)
     }
     pub fn pg_bin_dir() -> PathBuf {

@@ -156,6 +156,9 @@ struct Seen {
     standby_missing_since: Option<Instant>,
     /// Since when the peer streams to this (holder's) server without a break.
     standby_streaming_since: Option<Instant>,
+    /// As a switchover's new lease holder: since when the record waits for the old region's
+    /// step (switchover id, step).
+    waiting_on_old: Option<(Uuid, Step, Instant)>,
 }
 
 /// One protected pair in this region.
@@ -607,6 +610,19 @@ impl PairCtl {
         if let Some(sw) = parse_switchover(&record)
             && !sw.state.is_finished()
         {
+            if self.old_holder_gone(&record, &sw) {
+                // The old holder died before the lease moved and stays silent past its lease:
+                // the ordinary automatic failover (same checks, the store's gate) supersedes it.
+                let fresh = self.observe(false).await;
+                let local = self.seen.lock().expect("seen poisoned").local.clone();
+                if let Some(fresh) = fresh
+                    && parse_switchover(&fresh).is_some_and(|f| f.id == sw.id && self.old_holder_gone(&fresh, &f))
+                    && let Some(local @ Observed::Standby(_)) = local
+                {
+                    self.maybe_fail_over(&fresh, &local, Some(&sw)).await?;
+                }
+                return Ok(true);
+            }
             return self.drive_switchover(record, sw).await.map(|()| true);
         }
 
@@ -858,7 +874,7 @@ impl PairCtl {
                 }
                 Ok(())
             }
-            Observed::Standby(_) => self.maybe_fail_over(record, local).await,
+            Observed::Standby(_) => self.maybe_fail_over(record, local, None).await,
         }
     }
 
@@ -894,7 +910,31 @@ impl PairCtl {
         }
     }
 
-    async fn maybe_fail_over(&self, record: &LeaseRecord, local: &Observed) -> Result<(), Error> {
+    /// A planned switchover to this region whose old holder still holds the lease but has been
+    /// silent (no lease write) for a whole lease duration, before the lease moved.
+    fn old_holder_gone(&self, record: &LeaseRecord, sw: &SwitchoverRecord) -> bool {
+        let before_move = sw
+            .steps
+            .iter()
+            .any(|s| s.step == Step::MoveLease && !matches!(s.state, StepState::Done | StepState::Skipped));
+        self.cfg.auto_failover
+            && sw.to == self.region
+            && record.holder.as_deref() == Some(sw.from.as_str())
+            && before_move
+            && self
+                .seen
+                .lock()
+                .expect("seen poisoned")
+                .seq_changed
+                .is_some_and(|(_, at)| at.elapsed() >= record.duration())
+    }
+
+    async fn maybe_fail_over(
+        &self,
+        record: &LeaseRecord,
+        local: &Observed,
+        superseding: Option<&SwitchoverRecord>,
+    ) -> Result<(), Error> {
         let eligible = self.eligibility(record, local);
         self.metrics.set_eligible(self.name(), &self.region, eligible.is_ok());
         if !self.cfg.auto_failover || eligible.is_err() {
@@ -937,8 +977,27 @@ impl PairCtl {
             serde_json::json!({ "why": "failover", "previous_epoch": record.epoch, "from": from }),
         )
         .await;
-        let mut sw =
-            switchover::new_record(self.name(), &from, &self.region, "lease expired", "continuum", record.epoch);
+        let reason = match superseding {
+            Some(stale) => format!("lease expired during switchover {}", stale.id),
+            None => "lease expired".to_string(),
+        };
+        if let Some(stale) = superseding {
+            let why = "superseded by automatic failover: the old holder's lease expired before the lease moved";
+            tracing::warn!(pair = %self.name(), id = %stale.id, "{why}");
+            let mut stale = stale.clone();
+            stale.state = SwitchoverState::Failed;
+            stale.error = Some(why.to_string());
+            stale.finished_at = Some(SystemTime::now());
+            self.note_switchover(&mut self.seen.lock().expect("seen poisoned"), &stale);
+            self.metrics.observe_switchover(self.name(), "planned", "failed", Duration::ZERO);
+            self.audit(
+                "switchover.superseded",
+                Some(epoch),
+                serde_json::json!({ "switchover": stale.id, "from": stale.from, "to": stale.to, "reason": why }),
+            )
+            .await;
+        }
+        let mut sw = switchover::new_record(self.name(), &from, &self.region, &reason, "continuum", record.epoch);
         sw.kind = SwitchoverKind::Failover;
         sw.state = SwitchoverState::Running;
         let mark = |sw: &mut SwitchoverRecord, step: Step, state: StepState, detail: Option<&str>| {
@@ -1072,7 +1131,8 @@ impl PairCtl {
     async fn drive_switchover(&self, record: LeaseRecord, mut sw: SwitchoverRecord) -> Result<(), Error> {
         let me = self.region.clone();
         match switchover::next_for(&sw, &me) {
-            Next::Finished | Next::Wait => Ok(()),
+            Next::Finished => Ok(()),
+            Next::Wait => self.wait_on_old(&record, sw).await,
             Next::RollBack => {
                 tracing::warn!(pair = %self.name(), id = %sw.id, "rolling the switchover back");
                 // Serve again only under a lease renewed now (this daemon may have restarted
@@ -1115,6 +1175,68 @@ impl PairCtl {
         }
     }
 
+    /// As the switchover's new lease holder, waiting for the old region's step (its `rejoin`,
+    /// or recording its `move_lease`): after `switchover_rejoin_timeout` the old region counts
+    /// as gone; the record is completed without it. It rejoins by the ordinary path on return.
+    async fn wait_on_old(&self, record: &LeaseRecord, mut sw: SwitchoverRecord) -> Result<(), Error> {
+        let current = sw.steps.iter().find(|s| !matches!(s.state, StepState::Done | StepState::Skipped));
+        let Some((step, state)) = current.map(|s| (s.step, s.state)) else { return Ok(()) };
+        let me = self.region.as_str();
+        if sw.to != me
+            || record.holder.as_deref() != Some(me)
+            || switchover::performer(step, &sw.from, &sw.to) != sw.from
+            || (state == StepState::Failed && step.rolls_back())
+        {
+            self.seen.lock().expect("seen poisoned").waiting_on_old = None;
+            return Ok(());
+        }
+        let waited = {
+            let mut seen = self.seen.lock().expect("seen poisoned");
+            match seen.waiting_on_old {
+                Some((id, s, since)) if id == sw.id && s == step => since.elapsed(),
+                _ => {
+                    seen.waiting_on_old = Some((sw.id, step, Instant::now()));
+                    Duration::ZERO
+                }
+            }
+        };
+        let timeout = self.cfg.switchover_rejoin_timeout;
+        if waited < timeout {
+            return Ok(());
+        }
+        let detail = format!("the old region {} did not act within {timeout:?}", sw.from);
+        tracing::warn!(pair = %self.name(), id = %sw.id, %step, "{detail}: completing without it");
+        let entry = sw.steps.iter_mut().find(|s| s.step == step).expect("a record holds every step");
+        match step {
+            Step::Rejoin => {
+                entry.state = StepState::Skipped;
+                entry.detail = Some(format!("old primary not rejoined: {detail}; it rejoins as a standby on return"));
+            }
+            Step::MoveLease => {
+                // This region holds the lease: it moved; the old holder died before recording it.
+                entry.state = StepState::Done;
+                entry.detail = Some(format!("the lease moved; {detail}"));
+                sw.epoch_after = Some(record.epoch);
+            }
+            _ => {
+                sw.state = SwitchoverState::Failed;
+                sw.error = Some(format!("superseded: this region holds the lease; {detail}"));
+                sw.finished_at = Some(SystemTime::now());
+            }
+        }
+        self.audit(
+            "switchover.old_region_gone",
+            sw.epoch_after.or(Some(record.epoch)),
+            serde_json::json!({ "switchover": sw.id, "step": step, "from": sw.from, "detail": detail }),
+        )
+        .await;
+        self.seen.lock().expect("seen poisoned").waiting_on_old = None;
+        if sw.state.is_finished() {
+            return self.finish_record(record, &sw).await;
+        }
+        self.cas(record, &sw).await
+    }
+
     async fn cas(&self, current: &LeaseRecord, sw: &SwitchoverRecord) -> Result<(), Error> {
         let value = serde_json::to_value(sw).map_err(|e| Error::Internal { message: e.to_string() })?;
         self.lease
@@ -1154,6 +1276,9 @@ impl PairCtl {
             .and_then(|d| decode_position(&d));
         let fence_started = sw.steps.iter().find(|s| s.step == Step::Fence).and_then(|s| s.started_at);
         let from = sw.from.clone();
+        // The old region was gone past the rejoin timeout: it rejoins by the ordinary path and
+        // the holder makes it synchronous again once it streams (durability as configured).
+        let not_rejoined = sw.steps.iter().any(|s| s.step == Step::Rejoin && s.state == StepState::Skipped);
         let mut detail: Option<String> = None;
         let mut gap: Option<u64> = None;
         let outcome = self
@@ -1225,6 +1350,10 @@ impl PairCtl {
                         Ok(()) => StepOutcome::Done,
                         Err(e) => StepOutcome::Failed(error_chain(&e)),
                     },
+                    Step::Audit if not_rejoined => {
+                        detail = Some(format!("done, old primary {from} not rejoined"));
+                        StepOutcome::Done
+                    }
                     Step::Audit => {
                         let epoch = match self.ensure_handle(record, "switchover").await {
                             Ok(epoch) => epoch,

@@ -94,7 +94,7 @@ async fn a_crash_at_every_step_completes_or_rolls_back_without_two_primaries() {
         assert_eq!(response.status(), 202, "{failpoint}: {}", response.text().await.unwrap());
         let id = response.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string();
 
-        let code = c.daemon(&performer).wait_exit(Duration::from_secs(30)).await.unwrap();
+        let code = c.daemon(&performer).wait_exit(Duration::from_secs(60)).await.unwrap();
         assert_eq!(code, Some(continuum::failpoint::EXIT_CODE), "{failpoint}: {}", c.logs());
         let d = c.daemon(&performer);
         d.clear_env();

@@ -31,11 +31,12 @@ pub struct Options {
     pub durability: &'static str,
     pub failover_debounce: &'static str,
     pub auto_failover: bool,
+    pub switchover_rejoin_timeout: &'static str,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { durability: "preferred", failover_debounce: "5s", auto_failover: true }
+        Self { durability: "preferred", failover_debounce: "5s", auto_failover: true, switchover_rejoin_timeout: "1m" }
     }
 }
 
@@ -210,8 +211,12 @@ impl Cluster {
             if !witness {
                 let (node, peer) = if region == "a" { (&pg.primary, &pg.standby) } else { (&pg.standby, &pg.primary) };
                 text += &format!(
-                    "[[pairs]]\nname = \"app\"\ndurability = \"{}\"\nfailover_debounce = \"{}\"\nauto_failover = {}\n\n",
-                    options.durability, options.failover_debounce, options.auto_failover
+                    "[[pairs]]\nname = \"app\"\ndurability = \"{}\"\nfailover_debounce = \"{}\"\nauto_failover = {}\n\
+                     switchover_rejoin_timeout = \"{}\"\n\n",
+                    options.durability,
+                    options.failover_debounce,
+                    options.auto_failover,
+                    options.switchover_rejoin_timeout
                 );
                 text += &pg_section(node, peer, root);
                 text += &format!(
