@@ -5,12 +5,13 @@
 
 use std::time::{Duration, Instant};
 
-use cnpg_pair::{
-    Durability, PairDriver, PlainDriver, PlainNodeConfig, PromoteRequest, RejoinMethod, RunAs, StoreWriteError,
-    SyncRecordStore, Upstream,
-};
+use cnpg_pair::{Durability, PairDriver, PlainDriver, PromoteRequest, RejoinMethod, StoreWriteError, SyncRecordStore};
 use testkit::PgNode;
 use testkit::writer::{Writer, WriterReport};
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::upstream;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -25,32 +26,7 @@ impl SyncRecordStore for AcceptingStore {
 }
 
 fn driver(node: &PgNode, peer: &PgNode) -> PlainDriver {
-    PlainDriver::new(PlainNodeConfig {
-        name: node.name.clone(),
-        data_dir: node.data_dir.clone(),
-        bin_dir: node.bin_dir.clone(),
-        log_file: node.log_file.clone(),
-        host: "127.0.0.1".into(),
-        port: node.port,
-        socket_dir: node.socket_dir.clone(),
-        superuser: "postgres".into(),
-        dbname: "postgres".into(),
-        run_as: node.run_as().map(|r| RunAs { uid: r.uid, gid: r.gid }),
-        synchronous_standby: Some(peer.name.clone()),
-        timeouts: Default::default(),
-        rejoin: Default::default(),
-    })
-    .expect("valid config")
-}
-
-fn upstream(node: &PgNode) -> Upstream {
-    Upstream {
-        name: node.name.clone(),
-        host: "127.0.0.1".into(),
-        port: node.port,
-        user: "postgres".into(),
-        dbname: "postgres".into(),
-    }
+    PlainDriver::new(common::node_config(node, peer)).expect("valid config")
 }
 
 struct Run {

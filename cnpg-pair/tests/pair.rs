@@ -7,41 +7,21 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use cnpg_pair::{
     Durability, Eligibility, EligibilityPolicy, Error, ErrorClass, FenceMethod, NotPromotable, Observed, PairDriver,
-    PairSnapshot, PlainDriver, PlainNodeConfig, PromoteRequest, RejoinMethod, RejoinPolicy, RunAs, StoreWriteError,
+    PairSnapshot, PlainDriver, PlainNodeConfig, PromoteRequest, RejoinMethod, RejoinPolicy, StoreWriteError,
     SyncRecordStore, SyncState, Upstream, evaluate,
 };
 use testkit::writer::{Writer, WriterReport};
 use testkit::{PgNode, PgPair, wait_for, wait_until};
 
+mod common;
+use common::upstream;
+
 const WAIT: Duration = Duration::from_secs(30);
 
 fn driver(node: &PgNode, peer: &PgNode) -> PlainDriver {
-    PlainDriver::new(PlainNodeConfig {
-        name: node.name.clone(),
-        data_dir: node.data_dir.clone(),
-        bin_dir: node.bin_dir.clone(),
-        log_file: node.log_file.clone(),
-        host: "127.0.0.1".into(),
-        port: node.port,
-        socket_dir: node.socket_dir.clone(),
-        superuser: "postgres".into(),
-        dbname: "postgres".into(),
-        run_as: node.run_as().map(|r| RunAs { uid: r.uid, gid: r.gid }),
-        synchronous_standby: Some(peer.name.clone()),
-        timeouts: Default::default(),
-        rejoin: RejoinPolicy { initial_backoff: Duration::from_millis(200), ..Default::default() },
-    })
-    .expect("valid driver config")
-}
-
-fn upstream(node: &PgNode) -> Upstream {
-    Upstream {
-        name: node.name.clone(),
-        host: "127.0.0.1".into(),
-        port: node.port,
-        user: "postgres".into(),
-        dbname: "postgres".into(),
-    }
+    // A short first backoff keeps the rejoin retries of the crash tests quick.
+    let rejoin = RejoinPolicy { initial_backoff: Duration::from_millis(200), ..Default::default() };
+    PlainDriver::new(PlainNodeConfig { rejoin, ..common::node_config(node, peer) }).expect("valid driver config")
 }
 
 async fn snapshot(primary: &PlainDriver, standby: &PlainDriver) -> PairSnapshot {
