@@ -27,16 +27,30 @@ pub fn address_of(region: &str) -> &'static str {
     }
 }
 
+const RAFT_FAST: &str =
+    "heartbeat_interval = \"100ms\"\nelection_timeout_min = \"400ms\"\nelection_timeout_max = \"800ms\"\n";
+const LEASE_FAST: &str = "renew_interval = \"300ms\"\nduration = \"2s\"\ndrift_margin = \"200ms\"\n\
+                          grant_margin = \"300ms\"\ncall_timeout = \"1s\"\n";
+
 pub struct Options {
     pub durability: &'static str,
     pub failover_debounce: &'static str,
     pub auto_failover: bool,
     pub switchover_rejoin_timeout: &'static str,
+    /// Leave every raft and lease timing at the daemon's defaults (the WAN profile: 10 s lease)
+    /// instead of the short test timings.
+    pub default_timings: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { durability: "preferred", failover_debounce: "5s", auto_failover: true, switchover_rejoin_timeout: "1m" }
+        Self {
+            durability: "preferred",
+            failover_debounce: "5s",
+            auto_failover: true,
+            switchover_rejoin_timeout: "1m",
+            default_timings: false,
+        }
     }
 }
 
@@ -187,11 +201,11 @@ impl Cluster {
             let witness = region == "w";
             let mut text = format!(
                 "region = \"{region}\"\nrole = \"{}\"\n\n[raft]\nnode_id = {id}\nlisten = \"127.0.0.1:{}\"\n\
-                 data_dir = \"{}\"\nheartbeat_interval = \"100ms\"\nelection_timeout_min = \"400ms\"\n\
-                 election_timeout_max = \"800ms\"\n\n",
+                 data_dir = \"{}\"\n{}\n",
                 if witness { "witness" } else { "data" },
                 raft_ports[region],
-                d.join(format!("raft-{region}")).display()
+                d.join(format!("raft-{region}")).display(),
+                if options.default_timings { "" } else { RAFT_FAST }
             );
             for (pid, pregion) in [(1, "a"), (2, "b"), (3, "w")] {
                 text += &format!(
@@ -201,11 +215,11 @@ impl Cluster {
                 );
             }
             text += &format!(
-                "[tls]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n\n[lease]\nrenew_interval = \"300ms\"\nduration = \"2s\"\n\
-                 drift_margin = \"200ms\"\ngrant_margin = \"300ms\"\ncall_timeout = \"1s\"\n\n",
+                "[tls]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n\n[lease]\n{}\n",
                 files.cert.display(),
                 files.key.display(),
-                files.ca.display()
+                files.ca.display(),
+                if options.default_timings { "" } else { LEASE_FAST }
             );
             let api_port = testkit::free_port();
             if !witness {
