@@ -97,6 +97,10 @@ pub struct PeerConfig {
     pub address: String,
     #[serde(default)]
     pub witness: bool,
+    /// Where this node dials the peer when that differs from `address` (NAT, a relay or a test
+    /// proxy). Local only: `address` is what the cluster's membership records.
+    #[serde(default)]
+    pub dial: Option<String>,
 }
 
 /// Daemon-to-daemon mutual TLS (PEM files).
@@ -454,6 +458,11 @@ impl Config {
             }
             if peer.address.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).is_none() {
                 return Err(invalid(format!("raft.peers[{i}].address"), "must be host:port"));
+            }
+            if let Some(dial) = &peer.dial
+                && dial.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).is_none()
+            {
+                return Err(invalid(format!("raft.peers[{i}].dial"), "must be host:port"));
             }
         }
         if let Some(id) = first_duplicate(raft.peers.iter().map(|p| p.id)) {

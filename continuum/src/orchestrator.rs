@@ -72,7 +72,7 @@ pub fn node_config(config: &Config) -> lease::NodeConfig {
             .iter()
             .map(|p| lease::Member { id: p.id, region: p.region.clone(), addr: p.address.clone(), witness: p.witness })
             .collect(),
-        dial_overrides: Default::default(),
+        dial_overrides: raft.peers.iter().filter_map(|p| Some((p.id, p.dial.clone()?))).collect(),
     }
 }
 

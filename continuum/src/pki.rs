@@ -49,8 +49,14 @@ impl LocalCa {
 
     /// Writes `<name>.pem` and `<name>.key`, a certificate for 127.0.0.1 and localhost.
     pub fn node(&self, name: &str) -> Result<NodeFiles, Error> {
+        self.node_with_addresses(name, &[])
+    }
+
+    /// Like [`LocalCa::node`], also valid for `addresses` (nodes on other hosts or namespaces).
+    pub fn node_with_addresses(&self, name: &str, addresses: &[IpAddr]) -> Result<NodeFiles, Error> {
         let mut params = CertificateParams::new(vec!["localhost".to_string()]).map_err(pki_err)?;
         params.subject_alt_names.push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        params.subject_alt_names.extend(addresses.iter().map(|a| SanType::IpAddress(*a)));
         params.distinguished_name.push(DnType::CommonName, name);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         let key = KeyPair::generate().map_err(pki_err)?;

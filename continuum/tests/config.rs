@@ -124,6 +124,14 @@ fn invalid_configs_name_the_offending_key() {
         ),
         (
             "region-a.toml",
+            "raft.peers[1].dial",
+            Box::new(|d| {
+                let peers = table(d, "raft").get_mut("peers").unwrap().as_array_mut().unwrap();
+                peers[1].as_table_mut().unwrap().insert("dial".into(), "relay-without-port".into());
+            }),
+        ),
+        (
+            "region-a.toml",
             "pairs.durability",
             Box::new(|d| {
                 first_pair(d).insert("durability".into(), "maybe".into());

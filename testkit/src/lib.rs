@@ -7,6 +7,7 @@
 //! binaries are started as the `postgres` user (see [`os`]).
 
 pub mod dns;
+pub mod netns;
 pub mod os;
 pub mod pdns;
 pub mod pg;

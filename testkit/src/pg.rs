@@ -11,9 +11,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use std::net::Ipv4Addr;
+
 use anyhow::{Context, bail};
 use tokio_postgres::{Client, NoTls};
 
+use crate::netns::NetNs;
 use crate::os::{self, RunAs};
 use crate::ports::free_port;
 use crate::wait::{wait_for, wait_until};
@@ -39,11 +42,14 @@ impl StopMode {
     }
 }
 
-/// One PostgreSQL instance on 127.0.0.1.
+/// One PostgreSQL instance: on 127.0.0.1, or on its own host's address inside a network
+/// namespace ([`PgPairBuilder::place`]).
 #[derive(Debug, Clone)]
 pub struct PgNode {
     /// The node's name: its `application_name` as a standby and its `cluster_name`.
     pub name: String,
+    /// Address clients use (TCP).
+    pub host: String,
     pub port: u16,
     pub data_dir: PathBuf,
     /// Directory of the Unix socket (shared by the nodes of a pair; sockets are named by port).
@@ -51,33 +57,51 @@ pub struct PgNode {
     pub log_file: PathBuf,
     pub bin_dir: PathBuf,
     run_as: Option<RunAs>,
+    netns: Option<NetNs>,
 }
 
 impl PgNode {
     /// libpq key/value connection string for the `postgres` database as the `postgres` user.
     pub fn conninfo(&self) -> String {
-        format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port)
+        format!("host={} port={} user=postgres dbname=postgres", self.host, self.port)
+    }
+
+    /// Like [`PgNode::conninfo`] over the Unix socket: reaches the node even when its host is
+    /// partitioned (sockets live in the file system, not in a network namespace).
+    pub fn local_conninfo(&self) -> String {
+        format!("host={} port={} user=postgres dbname=postgres", self.socket_dir.display(), self.port)
     }
 
     /// Connection string a standby of this node uses (no dbname: it is a replication connection).
     pub fn replication_conninfo(&self, application_name: &str) -> String {
-        format!("host=127.0.0.1 port={} user=postgres application_name={application_name}", self.port)
+        format!("host={} port={} user=postgres application_name={application_name}", self.host, self.port)
+    }
+
+    /// The network namespace the server runs in, if it was placed in one.
+    pub fn netns(&self) -> Option<&NetNs> {
+        self.netns.as_ref()
     }
 
     /// Opens a client; the connection task is spawned on the current runtime.
     pub async fn connect(&self) -> anyhow::Result<Client> {
-        let (client, connection) = tokio_postgres::connect(&self.conninfo(), NoTls)
-            .await
-            .with_context(|| format!("connect to {} on port {}", self.name, self.port))?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        Ok(client)
+        connect(&self.conninfo(), &self.name, self.port).await
+    }
+
+    /// Opens a client over the Unix socket (see [`PgNode::local_conninfo`]).
+    pub async fn connect_local(&self) -> anyhow::Result<Client> {
+        connect(&self.local_conninfo(), &self.name, self.port).await
     }
 
     /// A command for a PostgreSQL binary that runs as the PostgreSQL account.
     pub fn command(&self, program: &str) -> Command {
-        let mut cmd = os::pg_command(&self.bin_dir, program, self.run_as);
+        let mut cmd = match &self.netns {
+            None => os::pg_command(&self.bin_dir, program, self.run_as),
+            Some(netns) => {
+                let mut cmd = os::pg_command(&self.bin_dir, program, None);
+                netns.apply_as(&mut cmd, self.run_as.map(|u| (u.uid, u.gid)));
+                cmd
+            }
+        };
         cmd.current_dir(&self.socket_dir);
         cmd
     }
@@ -152,6 +176,15 @@ impl PgNode {
     }
 }
 
+async fn connect(conninfo: &str, name: &str, port: u16) -> anyhow::Result<Client> {
+    let (client, connection) =
+        tokio_postgres::connect(conninfo, NoTls).await.with_context(|| format!("connect to {name} on port {port}"))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
 /// A node's own settings, written to `node.conf`.
 #[derive(Debug, Clone, Default)]
 pub struct NodeSettings {
@@ -190,6 +223,7 @@ pub struct PgPairBuilder {
     synchronous: bool,
     fsync: bool,
     extra_settings: Vec<(String, String)>,
+    placements: Vec<(String, Ipv4Addr, NetNs)>,
 }
 
 impl Default for PgPairBuilder {
@@ -200,6 +234,7 @@ impl Default for PgPairBuilder {
             synchronous: true,
             fsync: true,
             extra_settings: Vec::new(),
+            placements: Vec::new(),
         }
     }
 }
@@ -224,6 +259,13 @@ impl PgPairBuilder {
         self
     }
 
+    /// Runs node `name` inside a network namespace, reached at `addr` (see [`crate::netns`]).
+    /// Nodes then listen on every address of their host and trust clients on its subnet.
+    pub fn place(mut self, name: &str, addr: Ipv4Addr, netns: &NetNs) -> Self {
+        self.placements.push((name.into(), addr, netns.clone()));
+        self
+    }
+
     /// An extra `postgresql.conf` line for both nodes.
     pub fn setting(mut self, key: &str, value: &str) -> Self {
         self.extra_settings.push((key.into(), value.into()));
@@ -237,14 +279,19 @@ impl PgPairBuilder {
         let run_as = os::postgres_user()?;
         let dir = tempfile::Builder::new().prefix("continuum-pg-").tempdir().context("create temp dir")?;
         os::hand_over(dir.path(), run_as)?;
-        let node = |name: &str| PgNode {
-            name: name.to_string(),
-            port: free_port(),
-            data_dir: dir.path().join(name),
-            socket_dir: dir.path().to_path_buf(),
-            log_file: dir.path().join(format!("{name}.log")),
-            bin_dir: bin_dir.clone(),
-            run_as,
+        let node = |name: &str| {
+            let placed = self.placements.iter().find(|(n, _, _)| n == name);
+            PgNode {
+                name: name.to_string(),
+                host: placed.map_or_else(|| "127.0.0.1".to_string(), |(_, addr, _)| addr.to_string()),
+                netns: placed.map(|(_, _, netns)| netns.clone()),
+                port: free_port(),
+                data_dir: dir.path().join(name),
+                socket_dir: dir.path().to_path_buf(),
+                log_file: dir.path().join(format!("{name}.log")),
+                bin_dir: bin_dir.clone(),
+                run_as,
+            }
         };
         let mut pair = PgPair { primary: node(&self.primary_name), standby: node(&self.standby_name), dir };
         let (primary_sync, standby_sync) = if self.synchronous {
@@ -259,7 +306,7 @@ impl PgPairBuilder {
 
         let mut cmd = pair.primary.command("pg_basebackup");
         cmd.arg("-D").arg(&pair.standby.data_dir);
-        cmd.args(["-h", "127.0.0.1", "-p", &pair.primary.port.to_string(), "-U", "postgres"]);
+        cmd.args(["-h", &pair.primary.host, "-p", &pair.primary.port.to_string(), "-U", "postgres"]);
         cmd.args(["-X", "stream", "-c", "fast", "--no-sync"]);
         os::run(cmd).context("pg_basebackup the standby")?;
         pair.standby.write_standby_signal()?;
@@ -279,7 +326,7 @@ impl PgPairBuilder {
         os::run(cmd).context("initdb")?;
         let mut conf = String::from("\n# Continuum test kit: settings shared by both nodes.\n");
         for (key, value) in [
-            ("listen_addresses", "'127.0.0.1'"),
+            ("listen_addresses", if self.placements.is_empty() { "'127.0.0.1'" } else { "'*'" }),
             ("wal_level", "replica"),
             ("max_wal_senders", "10"),
             ("max_replication_slots", "10"),
@@ -301,7 +348,8 @@ impl PgPairBuilder {
         append(&node.data_dir.join("postgresql.conf"), &conf)?;
         append(
             &node.data_dir.join("pg_hba.conf"),
-            "host all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n",
+            "host all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n\
+             host all all samenet trust\nhost replication all samenet trust\n",
         )
     }
 }
@@ -357,8 +405,8 @@ impl PgPair {
     /// libpq multi-host connection string that finds whichever node is writable.
     pub fn multi_host_conninfo(&self) -> String {
         format!(
-            "host=127.0.0.1,127.0.0.1 port={},{} user=postgres dbname=postgres target_session_attrs=read-write",
-            self.primary.port, self.standby.port
+            "host={},{} port={},{} user=postgres dbname=postgres target_session_attrs=read-write",
+            self.primary.host, self.standby.host, self.primary.port, self.standby.port
         )
     }
 

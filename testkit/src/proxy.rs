@@ -6,10 +6,12 @@
 //! - [`Mode::Pass`]: forward both ways.
 //! - [`Mode::Blackhole`]: accept and hold connections, forward nothing (peers see timeouts).
 //! - [`Mode::Refuse`]: reset connections (peers see errors at once).
-//! - [`Mode::Delay`]: forward, each chunk held back for the given time.
+//! - [`Mode::Delay`]: forward, each chunk held back for the given time (one-way latency; chunks
+//!   in flight overlap, so throughput is not capped).
 //!
 //! Dropping the proxy stops it and closes every connection.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -18,6 +20,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -129,43 +132,53 @@ async fn serve(client: TcpStream, upstream: SocketAddr, mut mode: watch::Receive
 
 /// Copies one direction. Returns the halves if the copy stopped because the mode cut the link
 /// (the caller then decides what the client sees), `None` if a side closed.
+///
+/// Delay works like a delay line, not a throttle: every chunk is stamped when it is read and
+/// written once its delay has passed, so chunks in flight overlap as on a long link.
 async fn pump(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
     mut mode: watch::Receiver<Mode>,
 ) -> Option<(OwnedReadHalf, OwnedWriteHalf)> {
+    // Bounds memory per direction; a full line stops reading, so TCP backpressure takes over.
+    const MAX_IN_FLIGHT: usize = 1024;
     let mut buf = vec![0u8; 16 * 1024];
+    let mut line: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
+    let mut eof = false;
     loop {
         if mode.borrow_and_update().cuts() {
             return Some((from, to));
         }
-        let n = tokio::select! {
-            r = from.read(&mut buf) => match r {
-                Ok(0) | Err(_) => {
-                    let _ = to.shutdown().await;
+        if eof && line.is_empty() {
+            let _ = to.shutdown().await;
+            return None;
+        }
+        let due = line.front().map(|(at, _)| *at);
+        tokio::select! {
+            r = from.read(&mut buf), if !eof && line.len() < MAX_IN_FLIGHT => match r {
+                Ok(0) | Err(_) => eof = true,
+                Ok(n) => {
+                    let delay = match *mode.borrow() {
+                        Mode::Delay(d) => d,
+                        _ => Duration::ZERO,
+                    };
+                    line.push_back((Instant::now() + delay, buf[..n].to_vec()));
+                }
+            },
+            () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                let (_, chunk) = line.pop_front().expect("due implies a chunk");
+                if mode.borrow().cuts() {
+                    return Some((from, to));
+                }
+                if to.write_all(&chunk).await.is_err() {
                     return None;
                 }
-                Ok(n) => n,
             },
             changed = mode.changed() => {
                 if changed.is_err() {
                     return None;
                 }
-                continue;
             }
-        };
-        let delay = match *mode.borrow() {
-            Mode::Delay(d) => Some(d),
-            _ => None,
-        };
-        if let Some(d) = delay {
-            tokio::time::sleep(d).await;
-        }
-        if mode.borrow().cuts() {
-            return Some((from, to));
-        }
-        if to.write_all(&buf[..n]).await.is_err() {
-            return None;
         }
     }
 }
@@ -222,5 +235,35 @@ mod tests {
         proxy.set_mode(Mode::Pass);
         let mut healed = TcpStream::connect(proxy.addr()).await.unwrap();
         assert_eq!(roundtrip(&mut healed, Duration::from_secs(5)).await.as_deref(), Some(&b"ping"[..]));
+    }
+
+    /// Latency, not a throttle: a burst of messages sent 20 ms apart through a 200 ms link all
+    /// come back after about one round trip each, not one after another.
+    #[tokio::test]
+    async fn delay_overlaps_messages_in_flight() {
+        let proxy = Proxy::start(echo_server().await).await.unwrap();
+        proxy.set_mode(Mode::Delay(Duration::from_millis(200)));
+        let conn = TcpStream::connect(proxy.addr()).await.unwrap();
+        let (mut read, mut write) = conn.into_split();
+        let started = std::time::Instant::now();
+        let sender = tokio::spawn(async move {
+            for i in 0..10u8 {
+                write.write_all(&[i]).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            write
+        });
+        let mut echoed = Vec::new();
+        let mut buf = [0u8; 16];
+        while echoed.len() < 10 {
+            let n = tokio::time::timeout(Duration::from_secs(5), read.read(&mut buf)).await.unwrap().unwrap();
+            assert!(n > 0, "echo closed early");
+            echoed.extend_from_slice(&buf[..n]);
+        }
+        let elapsed = started.elapsed();
+        let _write = sender.await.unwrap();
+        assert_eq!(echoed, (0..10).collect::<Vec<u8>>(), "order kept");
+        assert!(elapsed >= Duration::from_millis(580), "last byte sent at ~180 ms plus a 400 ms round trip");
+        assert!(elapsed < Duration::from_millis(1500), "a throttle would take ≥ 4 s, took {elapsed:?}");
     }
 }

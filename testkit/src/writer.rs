@@ -35,6 +35,18 @@ impl Writer {
     /// Creates `table` (`id bigint primary key`) if needed and starts inserting ids 1, 2, 3…
     /// through `conninfo` until [`WriterHandle::stop`].
     pub async fn start(conninfo: &str, table: &str) -> anyhow::Result<WriterHandle> {
+        Self::start_abandoning(conninfo, table, None).await
+    }
+
+    /// Like [`Writer::start`], but a commit without an answer after `abandon_after` is given up
+    /// (counted unknown, connection dropped, reconnect), as an application with a client-side
+    /// timeout would. Needed when the server's host can vanish silently (a partition): without
+    /// it the probe waits for TCP to notice, which takes many minutes.
+    pub async fn start_abandoning(
+        conninfo: &str,
+        table: &str,
+        abandon_after: Option<Duration>,
+    ) -> anyhow::Result<WriterHandle> {
         anyhow::ensure!(
             !table.is_empty() && table.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.'),
             "table name {table:?} must be a plain (optionally schema-qualified) identifier"
@@ -51,7 +63,7 @@ impl Writer {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (progress_tx, progress_rx) = watch::channel(0usize);
         let insert = format!("INSERT INTO {table} (id) VALUES ($1)");
-        let task = tokio::spawn(run(config, Some(client), insert, stop_rx, progress_tx));
+        let task = tokio::spawn(run(config, Some(client), insert, abandon_after, stop_rx, progress_tx));
         Ok(WriterHandle { stop: stop_tx, progress: progress_rx, task })
     }
 }
@@ -142,6 +154,7 @@ async fn run(
     config: Config,
     mut client: Option<Client>,
     insert: String,
+    abandon_after: Option<Duration>,
     mut stop: watch::Receiver<bool>,
     progress: watch::Sender<usize>,
 ) -> WriterReport {
@@ -170,9 +183,21 @@ async fn run(
         let id = next_id;
         next_id += 1;
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
+        let deadline = async {
+            match abandon_after {
+                Some(after) => tokio::time::sleep(after).await,
+                None => std::future::pending().await,
+            }
+        };
         let result = tokio::select! {
             _ = stop.changed() => None,
             result = conn.execute(insert.as_str(), &params) => Some(result),
+            () = deadline => {
+                report.unknown.push(id);
+                report.record_error(format!("insert {id}: no answer within {abandon_after:?}, abandoned"));
+                client = None;
+                continue;
+            }
         };
         match result {
             None => {

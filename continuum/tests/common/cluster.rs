@@ -3,12 +3,16 @@
 //! `b`, witness `w`) with short lease timings. Dropping it kills every process.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::Context;
 use continuum::api::{PairStatus, Status};
+use testkit::netns::{NetNs, Network};
+use testkit::pg::NodeSettings;
+use testkit::proxy::{Mode, Proxy};
 use testkit::{DnsProbe, PgNode, PgPair, PowerDns};
 use tokio::sync::oneshot;
 
@@ -40,6 +44,14 @@ pub struct Options {
     /// Leave every raft and lease timing at the daemon's defaults (the WAN profile: 10 s lease)
     /// instead of the short test timings.
     pub default_timings: bool,
+    /// Each region (`a`, `b`, witness `w`) on its own host: a network namespace on a bridge
+    /// (see `testkit::netns`), PostgreSQL and daemon inside it; PowerDNS, PDM and the test stay
+    /// in the test's namespace. Needs root.
+    pub namespaces: bool,
+    /// Route every inter-region connection (raft between all three, PostgreSQL between `a` and
+    /// `b`) through a `testkit::proxy` per direction, so tests can add latency or cut links
+    /// with [`Cluster::set_links`]. Loopback only.
+    pub link_proxies: bool,
 }
 
 impl Default for Options {
@@ -50,6 +62,8 @@ impl Default for Options {
             auto_failover: true,
             switchover_rejoin_timeout: "1m",
             default_timings: false,
+            namespaces: false,
+            link_proxies: false,
         }
     }
 }
@@ -61,6 +75,7 @@ pub struct Daemon {
     pub log: PathBuf,
     child: Option<Child>,
     env: Vec<(String, String)>,
+    netns: Option<NetNs>,
 }
 
 impl Daemon {
@@ -79,6 +94,9 @@ impl Daemon {
             cmd.env(k, v);
         }
         cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        if let Some(netns) = &self.netns {
+            netns.apply(&mut cmd);
+        }
         self.child = Some(cmd.spawn().context("spawn continuum")?);
         Ok(())
     }
@@ -133,6 +151,9 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub http: reqwest::Client,
     pdm_stop: Option<oneshot::Sender<()>>,
+    links: Vec<Proxy>,
+    /// Last: links and namespaces go after every process in them.
+    pub network: Option<Network>,
 }
 
 impl Drop for Cluster {
@@ -146,32 +167,70 @@ impl Drop for Cluster {
     }
 }
 
-fn pg_section(node: &PgNode, peer: &PgNode, root: bool) -> String {
+fn pg_section(node: &PgNode, peer: &PgNode, peer_port: u16, root: bool) -> String {
     let run_as = if root { "run_as = \"postgres\"\n" } else { "" };
     format!(
-        "[pairs.postgres]\ndata_dir = \"{}\"\nbin_dir = \"{}\"\nport = {}\nlog_file = \"{}\"\nsocket_dir = \"{}\"\n{run_as}\n\
-         [[pairs.peers]]\nregion = \"{}\"\nport = {}\n\n",
+        "[pairs.postgres]\nhost = \"{}\"\ndata_dir = \"{}\"\nbin_dir = \"{}\"\nport = {}\nlog_file = \"{}\"\nsocket_dir = \"{}\"\n{run_as}\n\
+         [[pairs.peers]]\nregion = \"{}\"\nhost = \"{}\"\nport = {}\n\n",
+        node.host,
         node.data_dir.display(),
         node.bin_dir.display(),
         node.port,
         node.log_file.display(),
         node.socket_dir.display(),
         peer.name,
-        peer.port
+        peer.host,
+        peer_port
     )
 }
 
 impl Cluster {
     pub async fn start(options: Options) -> anyhow::Result<Cluster> {
         testkit::install_crypto_provider();
-        let pg = PgPair::builder().names("a", "b").start().await?;
+        let network = if options.namespaces { Some(Network::create(&["a", "b", "w"])?) } else { None };
+        let host_of = |region: &str| -> IpAddr {
+            network.as_ref().map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |n| IpAddr::V4(n.host(region).addr))
+        };
+        let mut pg = PgPair::builder().names("a", "b");
+        if let Some(network) = &network {
+            for region in ["a", "b"] {
+                let host = network.host(region);
+                pg = pg.place(region, host.addr, &host.netns);
+            }
+        }
+        let pg = pg.start().await?;
+        assert!(!(options.namespaces && options.link_proxies), "link proxies run on loopback only");
+        let mut links = Vec::new();
+        // The port `from` dials to reach `to`'s PostgreSQL.
+        let mut pg_port: BTreeMap<(&str, &str), u16> =
+            [(("a", "b"), pg.standby.port), (("b", "a"), pg.primary.port)].into();
+        if options.link_proxies {
+            for (from, to, upstream) in [("a", "b", pg.standby.port), ("b", "a", pg.primary.port)] {
+                let proxy = Proxy::start(SocketAddr::from((Ipv4Addr::LOCALHOST, upstream))).await?;
+                pg_port.insert((from, to), proxy.addr().port());
+                links.push(proxy);
+            }
+            // The standby streams from a through its link as well.
+            pg.standby.write_node_conf(&NodeSettings {
+                primary_conninfo: Some(format!(
+                    "host=127.0.0.1 port={} user=postgres application_name=b",
+                    pg_port[&("b", "a")]
+                )),
+                synchronous_standby_names: vec!["a".into()],
+            })?;
+            let mut reload = pg.standby.command("pg_ctl");
+            reload.arg("reload").arg("-D").arg(&pg.standby.data_dir);
+            testkit::os::run(reload)?;
+            pg.wait_streaming(true, Duration::from_secs(30)).await?;
+        }
+        let gateway = network.as_ref().map_or(Ipv4Addr::LOCALHOST, Network::gateway);
         let pdns = PowerDns::builder().health_check_interval(1).start().await?;
         let dir = tempfile::Builder::new().prefix("continuum-e2e-").tempdir()?;
         let d = dir.path();
         std::fs::write(d.join("pdm.token"), format!("{PDM_TOKEN}\n"))?;
         std::fs::write(d.join("tokens.toml"), tokens_toml())?;
         let pdm_config = pdm::Config::from_toml(&format!(
-            "listen = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n[powerdns]\napi_url = \"{}\"\napi_key = \"{}\"\n\
+            "listen = \"{gateway}:0\"\ntoken_file = \"{}\"\n[powerdns]\napi_url = \"{}\"\napi_key = \"{}\"\n\
              dns_addr = \"{}\"\nhealth_check_interval = \"1s\"\n[zones]\ndefault_nameservers = [\"ns1.continuum.invalid.\"]\n",
             d.join("pdm.token").display(),
             pdns.api_url,
@@ -197,22 +256,30 @@ impl Cluster {
         let root = testkit::os::postgres_user()?.is_some();
         let mut daemons = BTreeMap::new();
         for (id, region) in [(1, "a"), (2, "b"), (3, "w")] {
-            let files = ca.node(region)?;
+            let files = ca.node_with_addresses(region, &[host_of(region)])?;
             let witness = region == "w";
             let mut text = format!(
-                "region = \"{region}\"\nrole = \"{}\"\n\n[raft]\nnode_id = {id}\nlisten = \"127.0.0.1:{}\"\n\
+                "region = \"{region}\"\nrole = \"{}\"\n\n[raft]\nnode_id = {id}\nlisten = \"{}:{}\"\n\
                  data_dir = \"{}\"\n{}\n",
                 if witness { "witness" } else { "data" },
+                host_of(region),
                 raft_ports[region],
                 d.join(format!("raft-{region}")).display(),
                 if options.default_timings { "" } else { RAFT_FAST }
             );
             for (pid, pregion) in [(1, "a"), (2, "b"), (3, "w")] {
                 text += &format!(
-                    "[[raft.peers]]\nid = {pid}\nregion = \"{pregion}\"\naddress = \"127.0.0.1:{}\"\nwitness = {}\n\n",
+                    "[[raft.peers]]\nid = {pid}\nregion = \"{pregion}\"\naddress = \"{}:{}\"\nwitness = {}\n",
+                    host_of(pregion),
                     raft_ports[pregion],
                     pregion == "w"
                 );
+                if options.link_proxies && pregion != region {
+                    let proxy = Proxy::start(SocketAddr::from((Ipv4Addr::LOCALHOST, raft_ports[pregion]))).await?;
+                    text += &format!("dial = \"{}\"\n", proxy.addr());
+                    links.push(proxy);
+                }
+                text += "\n";
             }
             text += &format!(
                 "[tls]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n\n[lease]\n{}\n",
@@ -232,7 +299,7 @@ impl Cluster {
                     options.auto_failover,
                     options.switchover_rejoin_timeout
                 );
-                text += &pg_section(node, peer, root);
+                text += &pg_section(node, peer, pg_port[&(node.name.as_str(), peer.name.as_str())], root);
                 text += &format!(
                     "[pairs.dns]\nrecord = \"db\"\nttl = 1\naddresses = {{ a = \"{}\", b = \"{}\" }}\n\n",
                     address_of("a"),
@@ -240,8 +307,9 @@ impl Cluster {
                 );
                 text += &format!(
                     "[pdm]\nurl = \"{pdm_url}\"\ntoken_file = \"{}\"\nzone = \"{ZONE}\"\n\n\
-                     [api]\nlisten = \"127.0.0.1:{api_port}\"\ntokens_file = \"{}\"\n\n[audit]\nlog = \"{}\"\n",
+                     [api]\nlisten = \"{}:{api_port}\"\ntokens_file = \"{}\"\n\n[audit]\nlog = \"{}\"\n",
                     d.join("pdm.token").display(),
+                    host_of(region),
                     d.join("tokens.toml").display(),
                     d.join(format!("audit-{region}.log")).display()
                 );
@@ -251,16 +319,27 @@ impl Cluster {
             let mut daemon = Daemon {
                 region: region.into(),
                 config,
-                api: format!("http://127.0.0.1:{api_port}"),
+                api: format!("http://{}:{api_port}", host_of(region)),
                 log: d.join(format!("{region}.log")),
                 child: None,
                 env: Vec::new(),
+                netns: network.as_ref().map(|n| n.host(region).netns.clone()),
             };
             daemon.start()?;
             daemons.insert(region.to_string(), daemon);
         }
         let dns = DnsProbe::new(pdns.dns_addr)?;
-        let cluster = Cluster { pg, pdns, dns, daemons, dir, http: reqwest::Client::new(), pdm_stop: Some(pdm_stop) };
+        let cluster = Cluster {
+            pg,
+            pdns,
+            dns,
+            daemons,
+            dir,
+            http: reqwest::Client::new(),
+            pdm_stop: Some(pdm_stop),
+            links,
+            network,
+        };
         // Ready: a holds the lease, b is recorded as synchronous standby, DNS points at a.
         cluster
             .wait_pair("a holds the lease with b as recorded sync standby", Duration::from_secs(60), |p| {
@@ -269,6 +348,14 @@ impl Cluster {
             .await?;
         cluster.wait_dns("a").await?;
         Ok(cluster)
+    }
+
+    /// Sets every inter-region link (see [`Options::link_proxies`]) to `mode`.
+    pub fn set_links(&self, mode: Mode) {
+        assert!(!self.links.is_empty(), "the cluster was started without link proxies");
+        for link in &self.links {
+            link.set_mode(mode);
+        }
     }
 
     pub fn daemon(&mut self, region: &str) -> &mut Daemon {
