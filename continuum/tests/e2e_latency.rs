@@ -1,7 +1,10 @@
 //! End to end: a slow inter-region link must not cause a failover. Every connection between
 //! regions (raft among `a`, `b` and the witness, PostgreSQL replication between `a` and `b`) gets
 //! 200 ms of added round-trip latency (100 ms each way, as `netem delay 200ms` on one end of a
-//! link) for a minute, with the daemons at their default timings and a writer running. The holder keeps the lease the whole
+//! link) for a minute, with the daemons at their default timings and a writer running. The link
+//! first drops for 300 ms (every connection reset), so all connections are re-established over
+//! the slow link: TCP + TLS + the first request take longer than openraft's RPC deadline (the
+//! heartbeat interval, 500 ms), which is what the lease network's background reconnect is for. The holder keeps the lease the whole
 //! time: same holder, same epoch, lease held, no switchover, and writes keep being acknowledged.
 //!
 //! (`tc netem` is not available on these machines; the latency comes from the test kit's
@@ -27,6 +30,9 @@ async fn the_holder_keeps_the_lease_over_a_slow_link() {
     let mut writer = Writer::start(&c.conninfo(), "probe").await.unwrap();
     writer.wait_acked(20, Duration::from_secs(20)).await.unwrap();
 
+    // A fault of fixed length, not a wait for a condition.
+    c.set_links(Mode::Refuse);
+    tokio::time::sleep(Duration::from_millis(300)).await;
     c.set_links(Mode::Delay(ADDED_RTT / 2));
     let slow_since = Instant::now();
     let acked_before = writer.acked_count();

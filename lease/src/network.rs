@@ -1,7 +1,7 @@
 //! Raft RPCs over HTTP/2 + mutual TLS. One reqwest client per peer, built once; every call carries
 //! openraft's soft deadline as its timeout.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
@@ -37,7 +37,12 @@ pub(crate) struct Peers {
     template: reqwest::Client,
     dial_overrides: Arc<BTreeMap<NodeId, String>>,
     clients: Arc<Mutex<HashMap<NodeId, reqwest::Client>>>,
+    /// Peers with a connection warm-up in flight (at most one each).
+    warming: Arc<Mutex<HashSet<NodeId>>>,
 }
+
+/// How long a background connection attempt may take (see [`Peers::warm_up`]).
+const WARM_UP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Peers {
     pub(crate) fn new(
@@ -45,7 +50,13 @@ impl Peers {
         dial_overrides: BTreeMap<NodeId, String>,
     ) -> Result<Self, LeaseError> {
         let template = tls.http_client()?;
-        Ok(Peers { tls, template, dial_overrides: Arc::new(dial_overrides), clients: Default::default() })
+        Ok(Peers {
+            tls,
+            template,
+            dial_overrides: Arc::new(dial_overrides),
+            clients: Default::default(),
+            warming: Default::default(),
+        })
     }
 
     /// The base URL to reach `id`, honouring dial overrides.
@@ -62,6 +73,25 @@ impl Peers {
         clients.entry(id).or_insert_with(|| self.tls.http_client().unwrap_or_else(|_| self.template.clone())).clone()
     }
 
+    /// Opens a pooled connection to `id` in the background, without an RPC deadline.
+    ///
+    /// openraft gives every append/heartbeat RPC the heartbeat interval as its deadline, and a
+    /// new connection costs about three round trips (TCP, TLS 1.3, the request). On a link whose
+    /// round trip exceeds a third of the heartbeat interval no RPC could ever reconnect by
+    /// itself: each attempt would be cancelled mid-handshake. RPCs reuse the warmed connection.
+    fn warm_up(&self, id: NodeId, node: &NodeInfo) {
+        if !self.warming.lock().expect("warming lock poisoned").insert(id) {
+            return;
+        }
+        let (client, url, warming) = (self.client(id), self.url(id, node, route::STATUS), self.warming.clone());
+        tokio::spawn(async move {
+            // Any answer will do (even an error status): the connection is what we want.
+            let outcome = client.get(url).timeout(WARM_UP_TIMEOUT).send().await;
+            tracing::debug!(peer = id, ok = outcome.is_ok(), "connection warm-up finished");
+            warming.lock().expect("warming lock poisoned").remove(&id);
+        });
+    }
+
     /// POSTs JSON and decodes a JSON answer, classifying transport failures.
     pub(crate) async fn post<Req: Serialize, Resp: DeserializeOwned>(
         &self,
@@ -71,14 +101,13 @@ impl Peers {
         body: &Req,
         timeout: std::time::Duration,
     ) -> Result<Resp, TransportError> {
-        let resp = self
-            .client(id)
-            .post(self.url(id, node, path))
-            .timeout(timeout)
-            .json(body)
-            .send()
-            .await
-            .map_err(TransportError::from_reqwest)?;
+        let resp =
+            self.client(id).post(self.url(id, node, path)).timeout(timeout).json(body).send().await.map_err(|e| {
+                if e.is_timeout() {
+                    self.warm_up(id, node);
+                }
+                TransportError::from_reqwest(e)
+            })?;
         if !resp.status().is_success() {
             let status = resp.status();
             let text = resp.text().await.unwrap_or_default();

@@ -7,7 +7,8 @@
 //! - [`Mode::Blackhole`]: accept and hold connections, forward nothing (peers see timeouts).
 //! - [`Mode::Refuse`]: reset connections (peers see errors at once).
 //! - [`Mode::Delay`]: forward, each chunk held back for the given time (one-way latency; chunks
-//!   in flight overlap, so throughput is not capped).
+//!   in flight overlap, so throughput is not capped). A new connection also pays the round
+//!   trip of the TCP handshake before its first byte moves.
 //!
 //! Dropping the proxy stops it and closes every connection.
 
@@ -106,6 +107,11 @@ async fn serve(client: TcpStream, upstream: SocketAddr, mut mode: watch::Receive
         Mode::Refuse => return reset(client),
         Mode::Blackhole => return hold(client, &mut mode).await,
         _ => {}
+    }
+    // The kernel completed the client's handshake at once; on a slow link it would have taken a
+    // round trip. Holding the upstream connect that long delays the first answer the same way.
+    if let Mode::Delay(d) = current {
+        tokio::time::sleep(2 * d).await;
     }
     let Ok(server) = TcpStream::connect(upstream).await else { return reset(client) };
     let _ = server.set_nodelay(true);
