@@ -25,6 +25,8 @@ const DEFAULT_CHECK_TIMEOUT_SECS: u32 = 2;
 /// Slack on top of interval + timeout before a pre-warmed check is trusted.
 const PREWARM_MARGIN: Duration = Duration::from_millis(250);
 const STATIC_TYPES: [&str; 4] = ["A", "AAAA", "CNAME", "TXT"];
+/// When the last cache purge after a commit runs (see [`Manager::purge_after_commit`]).
+const LATE_PURGE_DELAY: Duration = Duration::from_millis(500);
 
 pub struct Manager {
     client: PowerDnsClient,
@@ -89,6 +91,25 @@ impl Manager {
             default_nameservers,
             soa_edit_api: config.zones.soa_edit_api.clone(),
         })
+    }
+
+    /// PowerDNS purges the zone from its caches inside the PATCH, but a lookup that read the old
+    /// rows just before can insert them into the query cache after that purge, and they would be
+    /// served for `query-cache-ttl` (20 s by default): the old region after a flip. Seen under
+    /// load with a query loop running through the commit. Purge again now (catches lookups that
+    /// finished meanwhile) and once more a moment later (bounds slower ones). A failed purge is
+    /// logged, not returned: the records are committed either way.
+    async fn purge_after_commit(&self, zone: &str) {
+        if let Err(e) = self.client.flush_cache(zone).await {
+            tracing::warn!(%zone, error = %e, "cache purge after commit failed");
+        }
+        let (client, zone) = (self.client.clone(), zone.to_string());
+        tokio::spawn(async move {
+            tokio::time::sleep(LATE_PURGE_DELAY).await;
+            if let Err(e) = client.flush_cache(&zone).await {
+                tracing::warn!(%zone, error = %e, "late cache purge after commit failed");
+            }
+        });
     }
 
     pub async fn commit(&self, request: CommitRequest) -> Result<CommitResponse, PdmError> {
@@ -193,6 +214,8 @@ impl Manager {
                 return Err(e);
             }
         }
+
+        self.purge_after_commit(&zone).await;
 
         let mut answers = Vec::new();
         for d in &desired {
