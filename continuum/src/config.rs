@@ -166,6 +166,11 @@ pub struct PairConfig {
     /// (its `rejoin`) before it completes the record without them.
     #[serde(with = "humantime_serde", default = "defaults::switchover_rejoin_timeout")]
     pub switchover_rejoin_timeout: Duration,
+    /// How long the lease holder's own server may stay unreachable (crashed and not restartable,
+    /// or alive but not answering) before the holder stops it for good and lets its lease run out,
+    /// so that the standby's region takes over. Crash recovery longer than this fails over.
+    #[serde(with = "humantime_serde", default = "defaults::primary_down_timeout")]
+    pub primary_down_timeout: Duration,
     pub postgres: PostgresConfig,
     /// The pair's PostgreSQL servers in the other data regions (where a rejoining node streams
     /// from, and what the standby's daemon observes).
@@ -321,6 +326,10 @@ mod defaults {
     pub fn auto_failover() -> bool {
         true
     }
+    pub fn primary_down_timeout() -> Duration {
+        Duration::from_secs(15)
+    }
+
     pub fn failover_debounce() -> Duration {
         Duration::from_secs(60)
     }
@@ -562,6 +571,12 @@ fn validate_pair(i: usize, pair: &PairConfig) -> Result<(), Error> {
     }
     if pair.max_lag_seconds.is_zero() {
         return Err(invalid(key("max_lag_seconds"), "must be greater than zero"));
+    }
+    if pair.primary_down_timeout < Duration::from_secs(1) {
+        return Err(invalid(
+            key("primary_down_timeout"),
+            "must be at least 1s: a crashed server needs a moment to restart before the region gives up",
+        ));
     }
     if pair.dns.record.trim().is_empty() {
         return Err(invalid(key("dns.record"), "must not be empty"));

@@ -156,6 +156,11 @@ struct Seen {
     standby_missing_since: Option<Instant>,
     /// Since when the peer streams to this (holder's) server without a break.
     standby_streaming_since: Option<Instant>,
+    /// As the holder: since when the local server is unreachable without a break.
+    local_down_since: Option<Instant>,
+    /// The epoch whose lease this region gave up because its server stayed down: it is left to
+    /// run out, never renewed, and the server is not started under it again.
+    gave_up_epoch: Option<u64>,
     /// As a switchover's new lease holder: since when the record waits for the old region's
     /// step (switchover id, step).
     waiting_on_old: Option<(Uuid, Step, Instant)>,
@@ -736,6 +741,23 @@ impl PairCtl {
     }
 
     async fn as_holder(&self, record: &LeaseRecord, local: &Observed) -> Result<(), Error> {
+        let local_down = matches!(local, Observed::Unreachable { .. });
+        {
+            let mut seen = self.seen.lock().expect("seen poisoned");
+            if !local_down {
+                seen.local_down_since = None;
+            }
+            if seen.gave_up_epoch == Some(record.epoch) {
+                if local_down {
+                    // Waiting for the lease to run out and the standby's region to take over.
+                    return Ok(());
+                }
+                // Someone brought the server back before anyone took over: serve again, under
+                // a lease renewed now (refused below if it was granted anew meanwhile).
+                tracing::warn!(pair = %self.name(), epoch = record.epoch, "server back before a takeover");
+                seen.gave_up_epoch = None;
+            }
+        }
         let mut holder = self.holder.lock().await;
         if holder.is_none() {
             // A restart, or the lease was fenced: renew as the holder (same epoch) if we still are.
@@ -821,6 +843,16 @@ impl PairCtl {
                 self.commit_dns(epoch).await
             }
             Observed::Unreachable { .. } => {
+                let down_for = self
+                    .seen
+                    .lock()
+                    .expect("seen poisoned")
+                    .local_down_since
+                    .get_or_insert_with(Instant::now)
+                    .elapsed();
+                if down_for >= self.cfg.primary_down_timeout {
+                    return self.give_up_lease(epoch, down_for).await;
+                }
                 if !self.driver.is_running().await.unwrap_or(true) {
                     tracing::warn!(pair = %self.name(), "holder's PostgreSQL is stopped: starting it");
                     start_server(&self.driver, self.run_as).await?;
@@ -828,6 +860,31 @@ impl PairCtl {
                 Ok(())
             }
         }
+    }
+
+    /// The holder's server stayed unreachable for `primary_down_timeout`: stop it for good (it
+    /// may be alive but unreachable, and must not take writes once another region promotes) and
+    /// let the lease run out, so the standby's region fails over by the ordinary path (lease
+    /// expiry, eligibility, debounce). Keeps the lease if the server cannot be confirmed stopped.
+    async fn give_up_lease(&self, epoch: u64, down_for: Duration) -> Result<(), Error> {
+        if self.driver.is_running().await.unwrap_or(true) {
+            stop_immediately(&self.driver.config().bin_dir, &self.driver.config().data_dir, self.run_as)
+                .await
+                .map_err(|reason| Error::Unavailable { reason: format!("stop the unreachable server: {reason}") })?;
+        }
+        self.seen.lock().expect("seen poisoned").gave_up_epoch = Some(epoch);
+        if let Some(handle) = self.holder.lock().await.take() {
+            handle.abandon().await;
+        }
+        tracing::error!(pair = %self.name(), epoch, ?down_for, "PostgreSQL down too long: letting the lease run out");
+        self.metrics.count_fence(self.name(), "primary_down");
+        self.audit(
+            "lease.given_up",
+            Some(epoch),
+            serde_json::json!({ "reason": "primary_down", "down_for_ms": down_for.as_millis() as u64 }),
+        )
+        .await;
+        Ok(())
     }
 
     fn sync_store(&self, epoch: u64) -> SyncStore {

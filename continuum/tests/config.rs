@@ -132,6 +132,13 @@ fn invalid_configs_name_the_offending_key() {
         ),
         (
             "region-a.toml",
+            "pairs[0].primary_down_timeout",
+            Box::new(|d| {
+                first_pair(d).insert("primary_down_timeout".into(), "200ms".into());
+            }),
+        ),
+        (
+            "region-a.toml",
             "pairs.durability",
             Box::new(|d| {
                 first_pair(d).insert("durability".into(), "maybe".into());

@@ -41,6 +41,7 @@ pub struct Options {
     pub failover_debounce: &'static str,
     pub auto_failover: bool,
     pub switchover_rejoin_timeout: &'static str,
+    pub primary_down_timeout: &'static str,
     /// Leave every raft and lease timing at the daemon's defaults (the WAN profile: 10 s lease)
     /// instead of the short test timings.
     pub default_timings: bool,
@@ -61,6 +62,7 @@ impl Default for Options {
             failover_debounce: "5s",
             auto_failover: true,
             switchover_rejoin_timeout: "1m",
+            primary_down_timeout: "15s",
             default_timings: false,
             namespaces: false,
             link_proxies: false,
@@ -293,11 +295,12 @@ impl Cluster {
                 let (node, peer) = if region == "a" { (&pg.primary, &pg.standby) } else { (&pg.standby, &pg.primary) };
                 text += &format!(
                     "[[pairs]]\nname = \"app\"\ndurability = \"{}\"\nfailover_debounce = \"{}\"\nauto_failover = {}\n\
-                     switchover_rejoin_timeout = \"{}\"\n\n",
+                     switchover_rejoin_timeout = \"{}\"\nprimary_down_timeout = \"{}\"\n\n",
                     options.durability,
                     options.failover_debounce,
                     options.auto_failover,
-                    options.switchover_rejoin_timeout
+                    options.switchover_rejoin_timeout,
+                    options.primary_down_timeout
                 );
                 text += &pg_section(node, peer, pg_port[&(node.name.as_str(), peer.name.as_str())], root);
                 text += &format!(
