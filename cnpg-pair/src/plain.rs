@@ -75,6 +75,11 @@ pub struct PlainNodeConfig {
     #[serde(default = "default_host")]
     pub host: String,
     pub port: u16,
+    /// This node's `listen_addresses`, kept in `node.conf`: pg_basebackup and pg_rewind copy the
+    /// source's `postgresql.conf`, whose value names the other host's addresses (the server
+    /// would then fail to bind). `None`: left to `postgresql.conf` (fine for `'*'`).
+    #[serde(default)]
+    pub listen_addresses: Option<String>,
     pub socket_dir: PathBuf,
     #[serde(default = "default_superuser")]
     pub superuser: String,
@@ -285,6 +290,11 @@ impl PlainDriver {
         }
         if config.port == 0 {
             return bad("port must not be 0".into());
+        }
+        if let Some(listen) = &config.listen_addresses
+            && (listen.trim().is_empty() || listen.contains(['\n', '\r', '\'']))
+        {
+            return bad(format!("listen_addresses {listen:?} is empty or has quotes or line breaks"));
         }
         if let Some(standby) = &config.synchronous_standby
             && (standby.is_empty() || standby.contains(['"', '\'']))
@@ -519,6 +529,9 @@ impl PlainDriver {
             c.name
         );
         out += &format!("port = {}\n", c.port);
+        if let Some(listen) = &c.listen_addresses {
+            out += &format!("listen_addresses = {}\n", quote(listen));
+        }
         out += &format!("unix_socket_directories = {}\n", quote(&c.socket_dir.to_string_lossy()));
         out += &format!("cluster_name = {}\n", quote(&c.name));
         if let Some(conninfo) = &settings.primary_conninfo {
@@ -526,6 +539,10 @@ impl PlainDriver {
         }
         out += &format!("synchronous_standby_names = {}\n", quote(&settings.synchronous_standby_names));
         self.write_owned(&c.data_dir.join("node.conf"), &out)
+    }
+
+    fn owns(&self, key: &str) -> bool {
+        OWNED_KEYS.contains(&key) || (key == "listen_addresses" && self.config.listen_addresses.is_some())
     }
 
     /// Removes the keys this node owns from `postgresql.auto.conf` (copied from the source by a
@@ -537,10 +554,8 @@ impl PlainDriver {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(self.io_err(&path)(e)),
         };
-        let kept: Vec<&str> = text
-            .lines()
-            .filter(|line| !parse_conf_line(line).is_some_and(|(key, _)| OWNED_KEYS.contains(&key)))
-            .collect();
+        let kept: Vec<&str> =
+            text.lines().filter(|line| !parse_conf_line(line).is_some_and(|(key, _)| self.owns(key))).collect();
         if kept.len() != text.lines().count() {
             tracing::warn!(node = %self.config.name, "removing this node's own settings from postgresql.auto.conf");
             self.write_owned(&path, &(kept.join("\n") + "\n"))?;
@@ -1099,6 +1114,7 @@ mod tests {
             log_file: "/srv/pg/a.log".into(),
             host: default_host(),
             port: 5432,
+            listen_addresses: None,
             socket_dir: "/run/postgresql".into(),
             superuser: default_superuser(),
             dbname: default_superuser(),
@@ -1118,6 +1134,8 @@ mod tests {
             ("absolute", |c| c.data_dir = "relative/a".into()),
             ("pg_ctl", |c| c.bin_dir = "/nonexistent".into()),
             ("port", |c| c.port = 0),
+            ("listen_addresses", |c| c.listen_addresses = Some("*'\nfsync = off".into())),
+            ("listen_addresses", |c| c.listen_addresses = Some(" ".into())),
             ("synchronous_standby", |c| c.synchronous_standby = Some("x\"y".into())),
             ("max_attempts", |c| c.rejoin.max_attempts = 0),
         ];

@@ -357,7 +357,12 @@ async fn sync_standby_is_added_before_the_record_and_dropped_after_it() -> anyho
 async fn standby_without_a_data_directory_is_recloned_with_its_own_settings() -> anyhow::Result<()> {
     testkit::init_tracing();
     let pair = PgPair::start().await?;
-    let b = driver(&pair.standby, &pair.primary);
+    // b's own listen addresses differ from a's (copied with a's postgresql.conf by the clone).
+    let b_listen = "127.0.0.1,127.0.0.2";
+    let b = PlainDriver::new(PlainNodeConfig {
+        listen_addresses: Some(b_listen.into()),
+        ..common::node_config(&pair.standby, &pair.primary)
+    })?;
     pair.standby.stop(testkit::StopMode::Immediate)?;
     // As after a crash in the middle of an earlier re-clone.
     std::fs::remove_dir_all(&pair.standby.data_dir)?;
@@ -369,6 +374,7 @@ async fn standby_without_a_data_directory_is_recloned_with_its_own_settings() ->
         ("cluster_name", "b".to_string()),
         ("port", pair.standby.port.to_string()),
         ("synchronous_standby_names", "FIRST 1 (\"a\")".to_string()),
+        ("listen_addresses", b_listen.to_string()),
     ] {
         let value: String = b_client.query_one(&format!("SHOW {setting}"), &[]).await?.get(0);
         assert_eq!(value, expected, "{setting} is b's own, not a's copied one");

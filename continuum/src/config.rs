@@ -201,6 +201,10 @@ pub struct PostgresConfig {
     pub host: String,
     #[serde(default = "defaults::pg_port")]
     pub port: u16,
+    /// This server's `listen_addresses`, kept in its `node.conf` (a rewind or clone copies the
+    /// peer's `postgresql.conf`). Unset: whatever `postgresql.conf` says.
+    #[serde(default)]
+    pub listen_addresses: Option<String>,
     #[serde(default = "defaults::pg_superuser")]
     pub superuser: String,
     /// OS account the PostgreSQL binaries run as (PostgreSQL refuses root). Unset: the daemon's own.

@@ -256,6 +256,7 @@ impl Daemon {
                 log_file,
                 host: pair.postgres.host.clone(),
                 port: pair.postgres.port,
+                listen_addresses: pair.postgres.listen_addresses.clone(),
                 socket_dir,
                 superuser: pair.postgres.superuser.clone(),
                 dbname: "postgres".into(),

@@ -13,6 +13,7 @@ pub fn node_config(node: &PgNode, peer: &PgNode) -> PlainNodeConfig {
         log_file: node.log_file.clone(),
         host: "127.0.0.1".into(),
         port: node.port,
+        listen_addresses: None,
         socket_dir: node.socket_dir.clone(),
         superuser: "postgres".into(),
         dbname: "postgres".into(),
