@@ -75,6 +75,23 @@ struct Shared {
     /// When this node (re)started: until a full duration + margin has passed it has not watched
     /// any holder long enough to call a lease expired.
     started: Instant,
+    /// Regions of the configured members (the bootstrap list), for [`members_only`].
+    configured_regions: BTreeSet<String>,
+}
+
+impl Shared {
+    /// Whether `name` (a certificate's common name) is the region of a configured member or of
+    /// a node in the current membership.
+    fn is_member_region(&self, name: &str) -> bool {
+        self.configured_regions.contains(name)
+            || self.raft.metrics().borrow().membership_config.nodes().any(|(_, info)| info.region == name)
+    }
+
+    /// A node that never joined a cluster has no membership and no state to protect: it must
+    /// accept the leader that is adding it, whose region it cannot know yet.
+    fn uninitialised(&self) -> bool {
+        self.raft.metrics().borrow().membership_config.nodes().next().is_none()
+    }
 }
 
 /// A running lease node. Cheap to clone.
@@ -100,8 +117,16 @@ impl LeaseNode {
         let raft = Raft::new(config.id, raft_config, NetworkFactory { peers: peers.clone() }, log, sm)
             .await
             .map_err(|e| LeaseError::Raft(e.to_string()))?;
-        let shared =
-            Arc::new(Shared { id: config.id, raft, view, peers, rules: config.lease.clone(), started: Instant::now() });
+        let configured_regions = config.members.iter().map(|m| m.region.clone()).collect();
+        let shared = Arc::new(Shared {
+            id: config.id,
+            raft,
+            view,
+            peers,
+            rules: config.lease.clone(),
+            started: Instant::now(),
+            configured_regions,
+        });
 
         let listener = std::net::TcpListener::bind(config.listen)
             .map_err(|e| LeaseError::config("listen", format!("cannot bind {}: {e}", config.listen)))?;
@@ -470,19 +495,46 @@ type S = State<Arc<Shared>>;
 
 fn router(shared: Arc<Shared>) -> Router {
     // The whole endpoint sits behind mutual TLS: a peer or client without a certificate from the
-    // cluster CA never gets past the handshake, so every route here is authenticated.
-    Router::new()
+    // cluster CA never gets past the handshake, so every route here is authenticated. Raft and
+    // forwarded calls are further limited to members: a forwarded write skips the grant timing
+    // rules (the forwarding member applied them), so a mere client must not reach it.
+    let members = Router::new()
         .route(route::APPEND, post(append))
         .route(route::VOTE, post(vote))
         .route(route::SNAPSHOT, post(snapshot))
-        .route(route::SUBMIT, post(submit))
-        .route(route::READ, post(read))
         .route(route::FORWARD_WRITE, post(forward_write))
         .route(route::FORWARD_READ, post(forward_read))
+        .route_layer(axum::middleware::from_fn_with_state(shared.clone(), members_only));
+    Router::new()
+        .route(route::SUBMIT, post(submit))
+        .route(route::READ, post(read))
         .route(route::ADD_NODE, post(add_node))
         .route(route::REMOVE_NODE, post(remove_node))
         .route(route::STATUS, get(status))
+        .merge(members)
         .with_state(shared)
+}
+
+/// Lets a request through only if the client certificate's subject common name is a member's
+/// region (see [`Shared::is_member_region`]).
+async fn members_only(
+    State(s): S,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let names = request
+        .extensions()
+        .get::<Arc<axum_server::tls::TlsInfo>>()
+        .and_then(|tls| tls.peer_certificates.first())
+        .map(|der| crate::tls::common_names(der))
+        .unwrap_or_default();
+    if s.uninitialised() || names.iter().any(|name| s.is_member_region(name)) {
+        return next.run(request).await;
+    }
+    tracing::warn!(?names, path = %request.uri().path(), "member-only route refused: the certificate names no member");
+    let message = format!("certificate common name {names:?} is not a member's region");
+    (axum::http::StatusCode::FORBIDDEN, message).into_response()
 }
 
 async fn append(

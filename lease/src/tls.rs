@@ -82,3 +82,11 @@ impl TlsMaterial {
             .map_err(|e| LeaseError::Tls(e.to_string()))
     }
 }
+
+/// Subject common names of a DER certificate (empty if it cannot be parsed). A member's
+/// certificate carries its region as common name.
+pub(crate) fn common_names(der: &[u8]) -> Vec<String> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let Ok((_, cert)) = X509Certificate::from_der(der) else { return Vec::new() };
+    cert.subject().iter_common_name().filter_map(|cn| cn.as_str().ok().map(str::to_string)).collect()
+}

@@ -76,6 +76,64 @@ async fn three_nodes_acquire_renew_release_refuse_and_regrant() -> anyhow::Resul
     Ok(())
 }
 
+/// An HTTP/2 client presenting `tls`'s certificate, as the lease nodes' own clients do.
+fn raw_client(tls: &lease::TlsFiles) -> anyhow::Result<reqwest::Client> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(&tls.ca)? {
+        roots.add(cert?)?;
+    }
+    let chain = CertificateDer::pem_file_iter(&tls.cert)?.collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(&tls.key)?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?;
+    Ok(reqwest::Client::builder().tls_backend_preconfigured(config).http2_prior_knowledge().no_proxy().build()?)
+}
+
+/// A certificate from the cluster CA that does not name a member (an operator's or a client's)
+/// may use the API, whose writes go through the grant rules, but not the member routes: a
+/// forwarded write skips those rules, so a client could otherwise take a lease still held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_routes_refuse_certificates_that_name_no_member() -> anyhow::Result<()> {
+    let cluster = Cluster::start(ClusterOpts::default()).await?;
+    let held = cluster.api(1).acquire(PAIR, "a", Duration::from_secs(30)).await?;
+    let forged = lease::Command::Acquire {
+        pair: PAIR.into(),
+        candidate: "b".into(),
+        duration_ms: 30_000,
+        expected_epoch: held.epoch,
+        expected_seq: held.seq,
+    };
+    let client = raw_client(&cluster.ca.node_files("client")?)?;
+    for (id, cfg) in &cluster.configs {
+        let base = format!("https://{}", cfg.listen);
+        let response = client.post(format!("{base}/internal/write")).json(&forged).send().await?;
+        assert_eq!(response.status(), reqwest::StatusCode::FORBIDDEN, "node {id}: forwarded write by a client");
+        let body = response.text().await?;
+        assert!(body.contains("client"), "node {id}: the refusal names the certificate: {body}");
+        let response = client.post(format!("{base}/raft/vote")).body("{}").send().await?;
+        assert_eq!(response.status(), reqwest::StatusCode::FORBIDDEN, "node {id}: raft route by a client");
+        // The API stays open to it.
+        let response = client.get(format!("{base}/admin/status")).send().await?;
+        assert!(response.status().is_success(), "node {id}: status for a client: {}", response.status());
+    }
+    let after = cluster.api(2).read(PAIR).await?.expect("record");
+    assert_eq!((after.holder.as_deref(), after.epoch, after.seq), (Some("a"), held.epoch, held.seq), "nothing changed");
+
+    // A member's certificate passes the same check (the route then does its own work).
+    let member = raw_client(&cluster.ca.node_files("b")?)?;
+    let leader = cluster.leader().await?;
+    let base = format!("https://{}", cluster.configs[&leader].listen);
+    let response =
+        member.post(format!("{base}/internal/read")).json(&serde_json::json!({ "pair": PAIR })).send().await?;
+    assert!(response.status().is_success(), "member forwarded read: {}", response.status());
+    Ok(())
+}
+
 /// A node whose certificate comes from another CA can neither call the API nor take part in
 /// raft: it never learns a leader or any entry, and the real cluster is unaffected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -541,7 +599,7 @@ async fn add_and_remove_voters_by_api() -> anyhow::Result<()> {
         cfg.id = id;
         cfg.listen = std::net::SocketAddr::from(([127, 0, 0, 1], common::node_port()));
         cfg.data_dir = cluster.dir.path().join(format!("node{id}"));
-        cfg.tls = cluster.ca.node_files(&format!("node{id}"))?;
+        cfg.tls = cluster.ca.node_files(common::region(id))?;
         // Joining nodes are not in the bootstrap list, so they wait to be added.
         cfg.members = Vec::new();
         cluster.configs.insert(id, cfg);

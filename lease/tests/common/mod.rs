@@ -132,7 +132,7 @@ pub fn make_configs(
             id,
             listen: listen[&id],
             data_dir: dir.join(format!("node{id}")),
-            tls: ca.node_files(&format!("node{id}"))?,
+            tls: ca.node_files(region(id))?,
             raft: opts.raft.clone(),
             lease: opts.rules.clone(),
             members: members.clone(),
