@@ -258,6 +258,8 @@ impl Drop for Demo {
 struct RegionFacts {
     name: String,
     api_url: String,
+    /// The web console, logged in as the owner (the token is in the fragment, never sent).
+    console_url: String,
     postgres_port: u16,
     daemon_pid: u32,
     postmaster_pid: Option<i32>,
@@ -451,6 +453,7 @@ pub async fn run(json: bool, shutdown: impl std::future::Future<Output = ()>) ->
             .map(|i| RegionFacts {
                 name: REGIONS[i].into(),
                 api_url: format!("http://127.0.0.1:{}", api_ports[i]),
+                console_url: format!("http://127.0.0.1:{}/#token={owner_token}", api_ports[i]),
                 postgres_port: demo.pgs[i].port,
                 daemon_pid: demo.daemons[i].1.id(),
                 postmaster_pid: postmaster_pid(&demo.pgs[i].data_dir),
@@ -483,6 +486,9 @@ pub async fn run(json: bool, shutdown: impl std::future::Future<Output = ()>) ->
             );
         }
         println!("  witness pid {}", facts.witness_pid);
+        for r in &facts.regions {
+            println!("  console {}: {}", r.name, r.console_url);
+        }
         println!("\n  owner token:  {}", facts.owner_token);
         println!("  connect:      psql \"{}\"", facts.conninfo);
         println!("  DNS:          dig @127.0.0.1 -p {} {} A", facts.dns_port, facts.dns_name);

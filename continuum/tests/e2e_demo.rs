@@ -46,6 +46,8 @@ async fn demo_comes_up_switches_over_and_cleans_up_on_sigterm() {
     let token = facts["owner_token"].as_str().unwrap().to_string();
     let api_a = facts["regions"][0]["api_url"].as_str().unwrap().to_string();
     assert!(facts["conninfo"].as_str().unwrap().contains("target_session_attrs=read-write"));
+    let console = facts["regions"][0]["console_url"].as_str().unwrap();
+    assert_eq!(console, format!("{api_a}/#token={token}"), "the console URL logs in as the owner");
     let dns = testkit::DnsProbe::new(format!("127.0.0.1:{}", facts["dns_port"]).parse().unwrap()).unwrap();
     let name = facts["dns_name"].as_str().unwrap().to_string();
     assert_eq!(dns.a(&name).await.unwrap(), ["127.0.0.1"]);

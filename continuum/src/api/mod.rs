@@ -169,6 +169,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/switchover", post(start_switchover))
         .route_layer(from_fn_with_state(gate(Role::Owner), require_role));
     Router::new()
+        .route("/", get(|| async { console_asset("text/html; charset=utf-8", CONSOLE_HTML) }))
+        .route("/console.js", get(|| async { console_asset("text/javascript; charset=utf-8", CONSOLE_JS) }))
+        .route("/console.css", get(|| async { console_asset("text/css; charset=utf-8", CONSOLE_CSS) }))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -233,6 +236,29 @@ impl TlsConfig {
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Self(axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(config))))
     }
+}
+
+// The console: static files, no data in them; the page calls the API with the user's token.
+const CONSOLE_HTML: &str = include_str!("console/index.html");
+const CONSOLE_JS: &str = include_str!("console/console.js");
+const CONSOLE_CSS: &str = include_str!("console/console.css");
+/// Scripts and styles from this origin only, no framing (the page has a switchover button).
+pub const CONSOLE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+                               img-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+
+fn console_asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::CONTENT_SECURITY_POLICY, CONSOLE_CSP),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn healthz() -> &'static str {

@@ -65,6 +65,10 @@ impl MemoryOrchestrator {
         self.calls.lock().unwrap().clone()
     }
 
+    pub fn history_snapshot(&self) -> Vec<SwitchoverRecord> {
+        self.state.lock().unwrap().history.clone()
+    }
+
     fn record(&self, call: String) {
         self.calls.lock().unwrap().push(call);
     }
