@@ -1,9 +1,12 @@
-//! Failpoints: named edges of the daemon's state machine at which an armed process dies at once.
+//! Failpoints: named edges of the daemon's state machine at which an armed process dies at once,
+//! or steps that fail once.
 //!
 //! Chaos tests arm them through the config list `failpoints` or the environment variable
-//! `CONTINUUM_FAILPOINTS=name[,name..]`. A hit calls `_exit`: no destructors, no flushes, no
-//! graceful shutdown, exactly like a crash between two steps (except that the audit log, which is
-//! fsynced per record, keeps what was written before).
+//! `CONTINUUM_FAILPOINTS=name[,name..]`. A `before_<step>` / `after_<step>` / `startup` hit calls
+//! `_exit`: no destructors, no flushes, no graceful shutdown, exactly like a crash between two
+//! steps (except that the audit log, which is fsynced per record, keeps what was written before).
+//! `fail_<step>` makes the step report a failure instead of running, the first time only, so the
+//! switchover's roll-back (before the lease moved) or roll-forward retry (after) is exercised.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -89,6 +92,8 @@ pub enum Failpoint {
     Startup,
     Before(Step),
     After(Step),
+    /// The step fails (once) without being performed.
+    Fail(Step),
 }
 
 impl fmt::Display for Failpoint {
@@ -97,6 +102,7 @@ impl fmt::Display for Failpoint {
             Failpoint::Startup => f.write_str("startup"),
             Failpoint::Before(step) => write!(f, "before_{step}"),
             Failpoint::After(step) => write!(f, "after_{step}"),
+            Failpoint::Fail(step) => write!(f, "fail_{step}"),
         }
     }
 }
@@ -114,11 +120,13 @@ impl FromStr for Failpoint {
             step_named(rest).map(Failpoint::Before)
         } else if let Some(rest) = name.strip_prefix("after_") {
             step_named(rest).map(Failpoint::After)
+        } else if let Some(rest) = name.strip_prefix("fail_") {
+            step_named(rest).map(Failpoint::Fail)
         } else {
             None
         };
         parsed.ok_or_else(|| {
-            format!("unknown failpoint {name:?}; known: startup, before_<step>, after_<step> with step one of {}", {
+            format!("unknown failpoint {name:?}; known: startup, before_<step>, after_<step>, fail_<step> with step one of {}", {
                 let steps: Vec<&str> = Step::ALL.iter().map(|s| s.as_str()).collect();
                 steps.join(", ")
             })
@@ -127,6 +135,8 @@ impl FromStr for Failpoint {
 }
 
 static ARMED: OnceLock<HashSet<Failpoint>> = OnceLock::new();
+/// `fail_<step>` failpoints that already fired (they fire once per process).
+static FIRED: std::sync::Mutex<Vec<Step>> = std::sync::Mutex::new(Vec::new());
 
 /// Arms the failpoints named in `configured` and in [`ENV`]. Call once at start; later calls are
 /// ignored (the set is fixed for the life of the process, so a hit needs no lock).
@@ -142,6 +152,20 @@ pub fn arm(configured: &[String]) -> Result<(), String> {
     }
     let _ = ARMED.set(armed);
     Ok(())
+}
+
+/// Whether `step` must fail now: its `fail_<step>` failpoint is armed and has not fired yet.
+pub fn fails(step: Step) -> bool {
+    if !ARMED.get().is_some_and(|armed| armed.contains(&Failpoint::Fail(step))) {
+        return false;
+    }
+    let mut fired = FIRED.lock().expect("failpoint lock poisoned");
+    if fired.contains(&step) {
+        return false;
+    }
+    fired.push(step);
+    tracing::warn!(%step, "failpoint fail_{step} hit: the step reports a failure");
+    true
 }
 
 /// Dies on the spot if `point` is armed.
@@ -165,7 +189,7 @@ mod tests {
     #[test]
     fn names_round_trip() {
         for step in Step::ALL {
-            for point in [Failpoint::Before(step), Failpoint::After(step)] {
+            for point in [Failpoint::Before(step), Failpoint::After(step), Failpoint::Fail(step)] {
                 assert_eq!(point.to_string().parse::<Failpoint>(), Ok(point));
             }
         }

@@ -179,7 +179,8 @@ impl StepRunner {
         begin(record, step)?;
         failpoint::hit(Failpoint::Before(step));
         let started = Instant::now();
-        let outcome = action().await;
+        let outcome =
+            if failpoint::fails(step) { StepOutcome::Failed(format!("failpoint fail_{step}")) } else { action().await };
         let took = started.elapsed();
         failpoint::hit(Failpoint::After(step));
         let label = match &outcome {

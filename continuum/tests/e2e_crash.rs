@@ -63,7 +63,7 @@ async fn a_crash_at_every_step_completes_or_rolls_back_without_two_primaries() {
         Failpoint::Before(Step::Audit),
     ] {
         let step = match failpoint {
-            Failpoint::Before(step) | Failpoint::After(step) => step,
+            Failpoint::Before(step) | Failpoint::After(step) | Failpoint::Fail(step) => step,
             Failpoint::Startup => unreachable!(),
         };
         let from = holder.clone();
@@ -111,7 +111,7 @@ async fn a_crash_at_every_step_completes_or_rolls_back_without_two_primaries() {
             .await
             .unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
         // A crash is not a failure: the restarted daemon repeats its step (every step is
-        // idempotent), so the switchover completes; failed steps roll back (unit-tested).
+        // idempotent), so the switchover completes; failed steps roll back (e2e_step_failure).
         let expected = SwitchoverState::Succeeded;
         assert_eq!(record.state, expected, "{failpoint}: {record:?}");
         holder = match record.state {

@@ -1,0 +1,142 @@
+//! End to end: a switchover step fails (failpoint `fail_<step>`: the step reports a failure
+//! once, without running). Before the lease moved the switchover rolls back: the old primary is
+//! unfenced and takes writes again under the same epoch, the target stays its sync standby.
+//! After the lease moved it rolls forward: the step is retried and the switchover completes.
+//! Throughout: never two writable primaries, no acknowledged commit lost.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::cluster::{Cluster, Options};
+use continuum::api::{PgRole, StepState, SwitchoverRecord, SwitchoverState};
+use continuum::failpoint::{Failpoint, Step};
+use testkit::writer::Writer;
+
+async fn writable(conninfo: String) -> bool {
+    let Ok(Ok((client, connection))) =
+        tokio::time::timeout(Duration::from_millis(500), tokio_postgres::connect(&conninfo, tokio_postgres::NoTls))
+            .await
+    else {
+        return false;
+    };
+    tokio::spawn(connection);
+    matches!(
+        tokio::time::timeout(Duration::from_millis(500), client.query_one("SELECT pg_is_in_recovery()", &[])).await,
+        Ok(Ok(row)) if !row.get::<_, bool>(0)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_step_rolls_back_before_the_lease_moves_and_forward_after() {
+    let mut c = Cluster::start(Options { auto_failover: false, ..Options::default() }).await.unwrap();
+    let mut writer = Writer::start(&c.conninfo(), "probe").await.unwrap();
+    writer.wait_acked(20, Duration::from_secs(20)).await.unwrap();
+
+    let both = Arc::new(AtomicUsize::new(0));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let sampler = {
+        let (both, stop) = (both.clone(), stop.clone());
+        let (a, b) = (c.node("a").conninfo(), c.node("b").conninfo());
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                let (wa, wb) = tokio::join!(writable(a.clone()), writable(b.clone()));
+                if wa && wb {
+                    both.fetch_add(1, Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+
+    let mut holder = "a".to_string();
+    for step in [Step::Fence, Step::CatchUp, Step::Promote, Step::Dns, Step::Rejoin] {
+        let failpoint = Failpoint::Fail(step);
+        let from = holder.clone();
+        let to = if from == "a" { "b".to_string() } else { "a".to_string() };
+        let performer = continuum::switchover::performer(step, &from, &to).to_string();
+        let other = if performer == "a" { "b" } else { "a" };
+        let d = c.daemon(&performer);
+        d.kill9();
+        d.set_env(continuum::failpoint::ENV, &failpoint.to_string());
+        d.start().unwrap();
+        c.wait_ready(&performer).await.unwrap();
+        let before = c
+            .wait_pair_on(&[other], "pair healthy before the switchover", Duration::from_secs(30), |p| {
+                p.holder.as_deref() == Some(from.as_str())
+                    && p.regions.iter().any(|r| r.region != from && r.sync_state.as_deref() == Some("sync"))
+            })
+            .await
+            .unwrap();
+
+        let api = c.daemons[other].api.clone();
+        let response = c
+            .http
+            .post(format!("{api}/v1/switchover"))
+            .bearer_auth(common::OWNER)
+            .json(&serde_json::json!({ "to": to, "reason": format!("{failpoint}") }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202, "{failpoint}: {}", response.text().await.unwrap());
+        let id = response.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+        let record: SwitchoverRecord =
+            testkit::wait_for(&format!("switchover finished after {failpoint}"), Duration::from_secs(60), || {
+                let request = c.http.get(format!("{api}/v1/switchovers/{id}")).bearer_auth(common::VIEWER).send();
+                async move {
+                    let record: SwitchoverRecord = request.await?.json().await?;
+                    Ok(record.state.is_finished().then_some(record))
+                }
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
+
+        let failed = record.steps.iter().find(|s| s.step == step).expect("the failed step is recorded");
+        if step.rolls_back() {
+            assert_eq!(record.state, SwitchoverState::RolledBack, "{failpoint}: {record:?}");
+            assert!(
+                matches!(failed.state, StepState::Failed | StepState::RolledBack),
+                "{failpoint}: step recorded as {:?}",
+                failed.state
+            );
+            assert!(record.error.as_deref().is_some_and(|e| e.contains("failpoint")), "{failpoint}: {record:?}");
+            assert_eq!(record.epoch_after, None, "{failpoint}: the lease never moved");
+        } else {
+            assert_eq!(record.state, SwitchoverState::Succeeded, "{failpoint}: {record:?}");
+            assert_eq!(failed.state, StepState::Done, "{failpoint}: retried to completion");
+            holder = to.clone();
+        }
+        let after = c
+            .wait_pair_on(
+                &[holder.as_str()],
+                &format!("pair healthy after {failpoint}"),
+                Duration::from_secs(60),
+                |p| {
+                    p.holder.as_deref() == Some(holder.as_str())
+                        && p.regions.iter().any(|r| r.region == holder && r.role == PgRole::Primary)
+                        && p.regions.iter().any(|r| r.region != holder && r.sync_state.as_deref() == Some("sync"))
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
+        if step.rolls_back() {
+            assert_eq!(after.epoch, before.epoch, "{failpoint}: a rollback keeps the epoch");
+        } else {
+            assert!(after.epoch > before.epoch, "{failpoint}: the new holder's epoch");
+        }
+        c.wait_dns(&holder).await.unwrap();
+        let acked = writer.acked_count();
+        writer.wait_acked(acked + 10, Duration::from_secs(30)).await.unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
+        println!("{failpoint}: {:?}, holder now {holder}", record.state);
+    }
+
+    stop.cancel();
+    sampler.await.unwrap();
+    let report = writer.stop().await;
+    let on_primary = Cluster::ids_on(c.node(&holder), "probe").await.unwrap();
+    let lost: Vec<i64> = report.acked.iter().copied().filter(|id| !on_primary.contains(id)).collect();
+    assert!(lost.is_empty(), "acknowledged commits lost: {lost:?}");
+    assert_eq!(both.load(Ordering::SeqCst), 0, "both servers were writable at the same time");
+}
