@@ -31,6 +31,8 @@ pub use driver::{
 pub use eligibility::{Eligibility, EligibilityPolicy, NotPromotable, evaluate};
 pub use error::{Error, ErrorClass, Result};
 pub use lsn::{Lsn, LsnParseError, WalPosition};
-pub use observe::{Lag, Observed, PairSnapshot, PrimaryObservation, ReplicaStatus, StandbyObservation, SyncState};
+pub use observe::{
+    Lag, Observed, Observer, PairSnapshot, PrimaryObservation, ReplicaStatus, StandbyObservation, SyncState,
+};
 pub use plain::{ControlData, PlainDriver, PlainNodeConfig, PlainTimeouts, RejoinPolicy, RunAs};
 pub use sync::{Durability, StoreWriteError, SyncRecordStore};

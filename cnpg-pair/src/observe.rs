@@ -2,9 +2,10 @@
 //! reports about itself. Every value that PostgreSQL can leave NULL stays an `Option`: "unknown"
 //! is never turned into 0.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use tokio_postgres::{Client, Config, NoTls};
+use tokio::time::error::Elapsed;
+use tokio_postgres::{Client, Config, NoTls, Statement, ToStatement};
 
 use crate::error::{Error, Result};
 use crate::lsn::{Lsn, WalPosition};
@@ -177,7 +178,11 @@ impl PairSnapshot {
 /// Observes one node: connects with `config` (deadline `timeout` for the whole observation) and
 /// reports it as a primary, a standby, or unreachable.
 pub async fn observe(node: &str, config: &Config, timeout: Duration) -> Observed {
-    match tokio::time::timeout(timeout, observe_inner(node, config)).await {
+    settle(node, timeout, tokio::time::timeout(timeout, observe_inner(node, config)).await)
+}
+
+fn settle(node: &str, timeout: Duration, outcome: std::result::Result<Result<Observed>, Elapsed>) -> Observed {
+    match outcome {
         Ok(Ok(observed)) => observed,
         Ok(Err(e)) => Observed::Unreachable { observed_at: SystemTime::now(), error: e.to_string() },
         Err(_) => Observed::Unreachable {
@@ -187,45 +192,167 @@ pub async fn observe(node: &str, config: &Config, timeout: Duration) -> Observed
     }
 }
 
-async fn observe_inner(node: &str, config: &Config) -> Result<Observed> {
+async fn connect(node: &str, config: &Config) -> Result<Client> {
     let (client, connection) =
         config.connect(NoTls).await.map_err(|source| Error::Connect { node: node.to_string(), source })?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
-    observe_client(node, &client).await
+    Ok(client)
+}
+
+async fn observe_inner(node: &str, config: &Config) -> Result<Observed> {
+    observe_client(node, &connect(node, config).await?).await
+}
+
+/// Repeated observation of one node over one long-lived session, as [`observe`] would report it.
+///
+/// A new connection per observation costs a PostgreSQL backend process (fork, authentication,
+/// catalog caches) and most of the observer's CPU. The session is only a transport: every
+/// observation runs its queries now, so nothing cached is ever reported. A reused session that
+/// fails (closed by a restart, a fence, a terminated backend) is dropped and the observation is
+/// retried once on a new connection within the same deadline, so the node reads as
+/// [`Observed::Unreachable`] exactly when a fresh connection would fail too; a session that ran
+/// out of time is dropped as well. Sessions are also replaced after [`SESSION_MAX_AGE`], so a
+/// smart shutdown (which waits for every session to end) is held up for at most that long.
+pub struct Observer {
+    node: String,
+    config: Config,
+    timeout: Duration,
+    session: tokio::sync::Mutex<Option<Session>>,
+}
+
+struct Session {
+    client: Client,
+    prepared: Prepared,
+    since: Instant,
+}
+
+/// How long one observation session is reused.
+pub const SESSION_MAX_AGE: Duration = Duration::from_secs(60);
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Observer").field("node", &self.node).field("timeout", &self.timeout).finish_non_exhaustive()
+    }
+}
+
+impl Observer {
+    /// `timeout` bounds one whole observation, reconnecting included.
+    pub fn new(node: impl Into<String>, config: Config, timeout: Duration) -> Observer {
+        Observer { node: node.into(), config, timeout, session: tokio::sync::Mutex::new(None) }
+    }
+
+    pub async fn observe(&self) -> Observed {
+        // Concurrent callers do not queue behind a slow observation: they observe on a
+        // connection of their own, as before sessions were kept.
+        let Ok(mut session) = self.session.try_lock() else {
+            return observe(&self.node, &self.config, self.timeout).await;
+        };
+        let node = self.node.as_str();
+        let attempt = async {
+            let reusable = session.take().filter(|s| !s.client.is_closed() && s.since.elapsed() < SESSION_MAX_AGE);
+            if let Some(kept) = reusable {
+                match observe_with(node, &kept.client, &kept.prepared.queries()).await {
+                    Ok(observed) => {
+                        *session = Some(kept);
+                        return Ok(observed);
+                    }
+                    Err(e) => tracing::debug!(node, error = %e, "observation session failed; reconnecting"),
+                }
+            }
+            let client = connect(node, &self.config).await?;
+            let prepared = Prepared::new(node, &client).await?;
+            let observed = observe_with(node, &client, &prepared.queries()).await?;
+            *session = Some(Session { client, prepared, since: Instant::now() });
+            Ok(observed)
+        };
+        settle(node, self.timeout, tokio::time::timeout(self.timeout, attempt).await)
+    }
 }
 
 /// Observes the node behind an open client.
 pub async fn observe_client(node: &str, client: &Client) -> Result<Observed> {
+    observe_with(node, client, &SQL).await
+}
+
+const IN_RECOVERY_QUERY: &str = "SELECT pg_is_in_recovery()";
+const PRIMARY_QUERY: &str = "SELECT (SELECT system_identifier FROM pg_control_system()), \
+                             pg_current_wal_lsn()::text, pg_walfile_name(pg_current_wal_lsn())";
+const REPLICATION_QUERY: &str = "\
+SELECT application_name, state, sync_state, sent_lsn::text, write_lsn::text, flush_lsn::text, replay_lsn::text, \
+       EXTRACT(EPOCH FROM write_lag)::float8, EXTRACT(EPOCH FROM flush_lag)::float8, \
+       EXTRACT(EPOCH FROM replay_lag)::float8, EXTRACT(EPOCH FROM now() - reply_time)::float8 \
+FROM pg_stat_replication";
+
+/// The statements of one observation: SQL text (parsed on every use) or, on a kept session,
+/// prepared once, which halves the round trips and spares the server the parsing and planning.
+struct Queries<'a, T: ?Sized> {
+    in_recovery: &'a T,
+    primary: &'a T,
+    replication: &'a T,
+    standby: &'a T,
+}
+
+const SQL: Queries<'static, str> = Queries {
+    in_recovery: IN_RECOVERY_QUERY,
+    primary: PRIMARY_QUERY,
+    replication: REPLICATION_QUERY,
+    standby: STANDBY_QUERY,
+};
+
+/// [`SQL`] prepared on one session.
+struct Prepared {
+    in_recovery: Statement,
+    primary: Statement,
+    replication: Statement,
+    standby: Statement,
+}
+
+impl Prepared {
+    async fn new(node: &str, client: &Client) -> Result<Prepared> {
+        let prepare = |sql| async move {
+            client.prepare(sql).await.map_err(|source| Error::Query {
+                node: node.to_string(),
+                what: "prepare observation",
+                source,
+            })
+        };
+        Ok(Prepared {
+            in_recovery: prepare(SQL.in_recovery).await?,
+            primary: prepare(SQL.primary).await?,
+            replication: prepare(SQL.replication).await?,
+            standby: prepare(SQL.standby).await?,
+        })
+    }
+
+    fn queries(&self) -> Queries<'_, Statement> {
+        Queries {
+            in_recovery: &self.in_recovery,
+            primary: &self.primary,
+            replication: &self.replication,
+            standby: &self.standby,
+        }
+    }
+}
+
+async fn observe_with<T: ?Sized + ToStatement + Sync>(
+    node: &str,
+    client: &Client,
+    queries: &Queries<'_, T>,
+) -> Result<Observed> {
     let query_err = |what| move |source| Error::Query { node: node.to_string(), what, source };
     let in_recovery: bool =
-        client.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(query_err("pg_is_in_recovery"))?.get(0);
+        client.query_one(queries.in_recovery, &[]).await.map_err(query_err("pg_is_in_recovery"))?.get(0);
     if in_recovery {
-        return observe_standby(node, client).await.map(Observed::Standby);
+        return standby_with(node, client, queries.standby).await.map(Observed::Standby);
     }
     let observed_at = SystemTime::now();
-    let row = client
-        .query_one(
-            "SELECT (SELECT system_identifier FROM pg_control_system()), pg_current_wal_lsn()::text, \
-             pg_walfile_name(pg_current_wal_lsn())",
-            &[],
-        )
-        .await
-        .map_err(query_err("read primary position"))?;
+    let row = client.query_one(queries.primary, &[]).await.map_err(query_err("read primary position"))?;
     let system_id = row.get::<_, i64>(0) as u64;
     let lsn = parse_lsn(node, row.get(1))?;
     let timeline = timeline_of_walfile(node, row.get(2))?;
-    let rows = client
-        .query(
-            "SELECT application_name, state, sync_state, sent_lsn::text, write_lsn::text, flush_lsn::text, \
-             replay_lsn::text, EXTRACT(EPOCH FROM write_lag)::float8, EXTRACT(EPOCH FROM flush_lag)::float8, \
-             EXTRACT(EPOCH FROM replay_lag)::float8, EXTRACT(EPOCH FROM now() - reply_time)::float8 \
-             FROM pg_stat_replication",
-            &[],
-        )
-        .await
-        .map_err(query_err("read pg_stat_replication"))?;
+    let rows = client.query(queries.replication, &[]).await.map_err(query_err("read pg_stat_replication"))?;
     let mut replicas = Vec::with_capacity(rows.len());
     for r in rows {
         let lsn_at = |i: usize| r.get::<_, Option<&str>>(i).map(|t| parse_lsn(node, t)).transpose();
@@ -272,8 +399,16 @@ SELECT pg_is_in_recovery(), (SELECT system_identifier FROM pg_control_system()),
 
 /// Observes a node that is in recovery. Fails with [`Error::WrongRole`] if it is not.
 pub(crate) async fn observe_standby(node: &str, client: &Client) -> Result<StandbyObservation> {
+    standby_with(node, client, STANDBY_QUERY).await
+}
+
+async fn standby_with<T: ?Sized + ToStatement + Sync>(
+    node: &str,
+    client: &Client,
+    query: &T,
+) -> Result<StandbyObservation> {
     let observed_at = SystemTime::now();
-    let row = client.query_one(STANDBY_QUERY, &[]).await.map_err(|source| Error::Query {
+    let row = client.query_one(query, &[]).await.map_err(|source| Error::Query {
         node: node.to_string(),
         what: "read standby position",
         source,
@@ -313,4 +448,62 @@ pub(crate) fn timeline_of_walfile(node: &str, walfile: &str) -> Result<u32> {
 
 fn seconds(value: Option<f64>) -> Option<Duration> {
     value.filter(|s| s.is_finite()).map(|s| Duration::from_secs_f64(s.max(0.0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use testkit::{PgPair, StopMode};
+
+    use super::*;
+
+    const APP: &str = "observer-test";
+
+    fn observer(port: u16) -> Observer {
+        let mut config = Config::new();
+        config.host("127.0.0.1").port(port).user("postgres").dbname("postgres").application_name(APP);
+        config.connect_timeout(Duration::from_secs(2));
+        Observer::new("n", config, Duration::from_secs(5))
+    }
+
+    /// Backends of `observer` sessions on `node`.
+    async fn sessions(node: &testkit::PgNode) -> i64 {
+        let client = node.connect().await.unwrap();
+        let row = client
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", &[&APP])
+            .await
+            .unwrap();
+        row.get(0)
+    }
+
+    #[tokio::test]
+    async fn a_kept_session_never_hides_a_restart_or_an_outage() {
+        let pair = PgPair::start().await.unwrap();
+        let (primary, standby) = (observer(pair.primary.port), observer(pair.standby.port));
+        assert!(matches!(standby.observe().await, Observed::Standby(_)));
+        for _ in 0..3 {
+            assert!(matches!(primary.observe().await, Observed::Primary(_)));
+        }
+        assert_eq!(sessions(&pair.primary).await, 1, "observations share one session");
+
+        // The session's backend is gone: the next observation reconnects instead of failing.
+        let admin = pair.primary.connect().await.unwrap();
+        admin
+            .execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1", &[&APP])
+            .await
+            .unwrap();
+        assert!(matches!(primary.observe().await, Observed::Primary(_)));
+
+        // A restart between two observations is invisible, as with a new connection each time.
+        pair.primary.stop(StopMode::Fast).unwrap();
+        pair.primary.start().unwrap();
+        PgPair::wait_accepting(&pair.primary, Duration::from_secs(30)).await.unwrap();
+        assert!(matches!(primary.observe().await, Observed::Primary(_)));
+
+        // A server that is down is unreachable, never its last answer.
+        pair.primary.stop(StopMode::Fast).unwrap();
+        assert!(matches!(primary.observe().await, Observed::Unreachable { .. }));
+        pair.primary.start().unwrap();
+        PgPair::wait_accepting(&pair.primary, Duration::from_secs(30)).await.unwrap();
+        assert!(matches!(primary.observe().await, Observed::Primary(_)));
+    }
 }

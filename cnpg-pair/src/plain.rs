@@ -14,6 +14,7 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Output;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -269,6 +270,8 @@ struct NodeSettings {
 #[derive(Debug, Clone)]
 pub struct PlainDriver {
     config: PlainNodeConfig,
+    /// Shared by clones: one observation session per node.
+    observer: Arc<observe::Observer>,
 }
 
 impl PlainDriver {
@@ -304,7 +307,12 @@ impl PlainDriver {
         if config.rejoin.max_attempts == 0 {
             return bad("rejoin.max_attempts must be at least 1".into());
         }
-        Ok(PlainDriver { config })
+        let observer = Arc::new(observe::Observer::new(
+            config.name.clone(),
+            pg_config(&config),
+            config.timeouts.connect + config.timeouts.query,
+        ));
+        Ok(PlainDriver { config, observer })
     }
 
     pub fn config(&self) -> &PlainNodeConfig {
@@ -316,15 +324,7 @@ impl PlainDriver {
     }
 
     fn pg_config(&self) -> Config {
-        let mut config = Config::new();
-        config
-            .host(&self.config.host)
-            .port(self.config.port)
-            .user(&self.config.superuser)
-            .dbname(&self.config.dbname)
-            .application_name("continuum")
-            .connect_timeout(self.config.timeouts.connect);
-        config
+        pg_config(&self.config)
     }
 
     fn upstream_config(&self, upstream: &Upstream) -> Config {
@@ -865,12 +865,7 @@ impl PairDriver for PlainDriver {
     }
 
     async fn observe(&self) -> Observed {
-        observe::observe(
-            &self.config.name,
-            &self.pg_config(),
-            self.config.timeouts.connect + self.config.timeouts.query,
-        )
-        .await
+        self.observer.observe().await
     }
 
     async fn fence(&self) -> Result<FenceOutcome> {
@@ -1041,6 +1036,19 @@ impl PairDriver for PlainDriver {
     async fn drop_sync(&self, durability: Durability, store: &dyn SyncRecordStore) -> Result<()> {
         sync::drop_in_order(self, durability, store).await
     }
+}
+
+/// How the daemon connects to `node` (observation and driver steps alike).
+fn pg_config(node: &PlainNodeConfig) -> Config {
+    let mut config = Config::new();
+    config
+        .host(&node.host)
+        .port(node.port)
+        .user(&node.superuser)
+        .dbname(&node.dbname)
+        .application_name("continuum")
+        .connect_timeout(node.timeouts.connect);
+    config
 }
 
 /// Runs a query on `node` under a deadline; errors name that node.

@@ -171,12 +171,27 @@ pub struct PairConfig {
     /// so that the standby's region takes over. Crash recovery longer than this fails over.
     #[serde(with = "humantime_serde", default = "defaults::primary_down_timeout")]
     pub primary_down_timeout: Duration,
+    /// Pause between two rounds of the control loop outside switchovers (each round observes
+    /// both servers and reads the lease record). Unset: derived, see
+    /// [`PairConfig::effective_observe_interval`].
+    #[serde(with = "humantime_serde", default)]
+    pub observe_interval: Option<Duration>,
     pub postgres: PostgresConfig,
     /// The pair's PostgreSQL servers in the other data regions (where a rejoining node streams
     /// from, and what the standby's daemon observes).
     #[serde(default)]
     pub peers: Vec<PgPeerConfig>,
     pub dns: DnsConfig,
+}
+
+impl PairConfig {
+    /// The control loop's pause: `observe_interval` if set, else half the renew interval
+    /// clamped to 100 ms..1 s. It bounds how late a standby notices an expired lease (failover)
+    /// and a lost primary; the holder's own fencing does not wait for it (the lease handle fences).
+    pub fn effective_observe_interval(&self, lease: &LeaseConfig) -> Duration {
+        self.observe_interval
+            .unwrap_or_else(|| (lease.renew_interval / 2).clamp(Duration::from_millis(100), Duration::from_secs(1)))
+    }
 }
 
 /// Another region's PostgreSQL server of the pair.
@@ -439,7 +454,7 @@ impl Config {
         self.validate_raft()?;
         self.validate_role_sections()?;
         for (i, pair) in self.pairs.iter().enumerate() {
-            validate_pair(i, pair)?;
+            validate_pair(i, pair, lease)?;
         }
         if let Some(duplicate) = first_duplicate(self.pairs.iter().map(|p| p.name.as_str())) {
             return Err(invalid("pairs", format!("pair name {duplicate:?} appears twice")));
@@ -568,10 +583,23 @@ impl Config {
     }
 }
 
-fn validate_pair(i: usize, pair: &PairConfig) -> Result<(), Error> {
+fn validate_pair(i: usize, pair: &PairConfig, lease: &LeaseConfig) -> Result<(), Error> {
     let key = |field: &str| format!("pairs[{i}].{field}");
     if pair.name.trim().is_empty() {
         return Err(invalid(key("name"), "must not be empty"));
+    }
+    if let Some(interval) = pair.observe_interval {
+        // Longer than a renew interval and a failover waits rounds on top of the lease expiry.
+        if interval < MIN_OBSERVE_INTERVAL || interval > lease.renew_interval {
+            return Err(invalid(
+                key("observe_interval"),
+                format!(
+                    "must be between {} and lease.renew_interval ({})",
+                    humantime::format_duration(MIN_OBSERVE_INTERVAL),
+                    humantime::format_duration(lease.renew_interval)
+                ),
+            ));
+        }
     }
     if pair.max_lag_seconds.is_zero() {
         return Err(invalid(key("max_lag_seconds"), "must be greater than zero"));
@@ -605,6 +633,9 @@ fn validate_pair(i: usize, pair: &PairConfig) -> Result<(), Error> {
     }
     Ok(())
 }
+
+/// Below this a round's own work (two observations, a linearizable read) dominates.
+const MIN_OBSERVE_INTERVAL: Duration = Duration::from_millis(50);
 
 fn first_duplicate<T: std::hash::Hash + Eq + Copy>(items: impl IntoIterator<Item = T>) -> Option<T> {
     let mut seen = HashSet::new();
@@ -642,5 +673,42 @@ mod tests {
         let offset = text.find("\"2x\"").unwrap();
         assert_eq!(key_at(text, offset), "lease.renew_interval");
         assert_eq!(key_at(text, 2), "region");
+    }
+
+    fn region_a(observe_interval: Option<&str>) -> Result<Config, Error> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/region-a.toml");
+        let mut doc: toml::Table = std::fs::read_to_string(path).unwrap().parse().unwrap();
+        let pair = doc["pairs"].as_array_mut().unwrap()[0].as_table_mut().unwrap();
+        pair.remove("observe_interval");
+        if let Some(value) = observe_interval {
+            pair.insert("observe_interval".into(), value.into());
+        }
+        Config::parse(&toml::to_string(&doc).unwrap())
+    }
+
+    #[test]
+    fn observe_interval_defaults_to_half_the_renew_interval_within_bounds() {
+        let config = region_a(None).unwrap();
+        let interval = |renew_ms: u64| {
+            let lease = LeaseConfig { renew_interval: Duration::from_millis(renew_ms), ..LeaseConfig::default() };
+            config.pairs[0].effective_observe_interval(&lease)
+        };
+        assert_eq!(interval(2000), Duration::from_secs(1));
+        assert_eq!(interval(300), Duration::from_millis(150));
+        assert_eq!(interval(100), Duration::from_millis(100));
+        assert_eq!(interval(5000), Duration::from_secs(1));
+        let set = region_a(Some("700ms")).unwrap();
+        assert_eq!(set.pairs[0].effective_observe_interval(&set.lease), Duration::from_millis(700));
+    }
+
+    #[test]
+    fn observe_interval_out_of_range_names_the_key() {
+        for bad in ["10ms", "1h", "0s"] {
+            match region_a(Some(bad)) {
+                Err(Error::Config { key, .. }) => assert_eq!(key, "pairs[0].observe_interval", "{bad}"),
+                other => panic!("{bad}: {:?}", other.map(|_| ())),
+            }
+        }
+        assert!(region_a(Some("1x")).is_err());
     }
 }

@@ -171,7 +171,8 @@ struct PairCtl {
     cfg: PairConfig,
     region: String,
     peer: String,
-    peer_pg: tokio_postgres::Config,
+    /// The peer's server, observed over a kept session like the local one.
+    peer_observer: cnpg_pair::Observer,
     peer_upstream: Upstream,
     run_as: Option<RunAs>,
     lease: Arc<dyn LeaseApi>,
@@ -281,19 +282,20 @@ impl Daemon {
                 user: pair.postgres.superuser.clone(),
                 dbname: "postgres".into(),
             };
-            prepared.push((pair.clone(), peer_cfg.region.clone(), peer_pg, upstream, run_as, driver));
+            let peer_observer = cnpg_pair::Observer::new(peer_cfg.region.clone(), peer_pg, Duration::from_secs(3));
+            prepared.push((pair.clone(), peer_cfg.region.clone(), peer_observer, upstream, run_as, driver));
         }
 
         let node = LeaseNode::start(node_config(config)).await.map_err(lease_config_error)?;
         let lease: Arc<dyn LeaseApi> = Arc::new(node.clone());
         let handle_cfg = handle_config(&config.lease);
-        let tick = (config.lease.renew_interval / 2).clamp(Duration::from_millis(100), Duration::from_secs(1));
         let mut pairs = BTreeMap::new();
-        for (cfg, peer, peer_pg, peer_upstream, run_as, driver) in prepared {
+        for (cfg, peer, peer_observer, peer_upstream, run_as, driver) in prepared {
+            let tick = cfg.effective_observe_interval(&config.lease);
             let ctl = Arc::new(PairCtl {
                 region: config.region.clone(),
                 peer,
-                peer_pg,
+                peer_observer,
                 peer_upstream,
                 run_as,
                 lease: lease.clone(),
@@ -514,14 +516,7 @@ impl PairCtl {
     /// record, and fast rounds must stay cheap) the local and peer servers.
     async fn observe(&self, light: bool) -> Option<LeaseRecord> {
         let servers = async {
-            if light {
-                None
-            } else {
-                Some(tokio::join!(
-                    self.driver.observe(),
-                    cnpg_pair::observe::observe(&self.peer, &self.peer_pg, Duration::from_secs(3))
-                ))
-            }
+            if light { None } else { Some(tokio::join!(self.driver.observe(), self.peer_observer.observe())) }
         };
         let (servers, record) = tokio::join!(servers, self.lease.read(self.name()));
         let mut seen = self.seen.lock().expect("seen poisoned");
