@@ -14,6 +14,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
+use tokio::sync::watch;
 
 use crate::Error;
 use crate::failpoint::Step;
@@ -128,7 +129,7 @@ impl Metrics {
         let lease_renew: HistogramFamily<PairLabels> = Family::new_with_constructor(latency_histogram);
         registry.register_with_unit(
             "lease_renew_latency",
-            "Lease renewal round trip",
+            "Round trip of the lease renewals the store confirmed (request to commit)",
             Unit::Seconds,
             lease_renew.clone(),
         );
@@ -244,6 +245,24 @@ impl Metrics {
 
     pub fn observe_renew(&self, pair: &str, latency: Duration) {
         self.inner.lease_renew.get_or_create(&PairLabels { pair: pair.into() }).observe(seconds(latency));
+    }
+
+    /// Records each renewal reported by `renewals` ([`lease::LeaseHandle::renewals`]) until the
+    /// handle stops renewing.
+    pub fn record_renewals(
+        &self,
+        pair: &str,
+        mut renewals: watch::Receiver<Option<lease::Renewal>>,
+    ) -> tokio::task::JoinHandle<()> {
+        let (metrics, pair) = (self.clone(), pair.to_string());
+        tokio::spawn(async move {
+            while renewals.changed().await.is_ok() {
+                let renewal = *renewals.borrow_and_update();
+                if let Some(renewal) = renewal {
+                    metrics.observe_renew(&pair, renewal.round_trip);
+                }
+            }
+        })
     }
 
     /// A standby's replication state; `None` lags are exported as NaN.

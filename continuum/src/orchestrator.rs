@@ -675,6 +675,7 @@ impl PairCtl {
         }
         self.metrics.observe_lease(self.name(), Some(&self.region), epoch, Some(self.handle_cfg.duration));
         self.watch_fence(&handle);
+        self.metrics.record_renewals(self.name(), handle.renewals());
         Ok(handle)
     }
 

@@ -26,6 +26,22 @@ async fn planned_switchover_and_failback_via_cli_lose_no_acknowledged_commit() {
     let c = Cluster::start(Options::default()).await.unwrap();
     let before = c.status("a").await.unwrap();
 
+    // The holder's renewals are measured (renew interval 300 ms).
+    let metrics = format!("{}/metrics", c.daemons["a"].api);
+    testkit::wait_until("a's renew latency recorded", Duration::from_secs(10), || {
+        let request = c.http.get(&metrics).send();
+        async move {
+            let text = request.await?.text().await?;
+            Ok(text
+                .lines()
+                .find_map(|l| l.strip_prefix("continuum_lease_renew_latency_seconds_count{pair=\"app\"} "))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .is_some_and(|n| n > 0))
+        }
+    })
+    .await
+    .unwrap();
+
     // Against the real daemon: a refused mutation changes nothing.
     let api = &c.daemons["b"].api;
     let post = |token: Option<&str>, body: &str| {

@@ -81,6 +81,15 @@ pub enum LeaseStatus {
     Lost { epoch: u64 },
 }
 
+/// One renewal the store confirmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Renewal {
+    /// When the request left (the deadline is counted from here).
+    pub sent_at: BootInstant,
+    /// Request to confirmed commit.
+    pub round_trip: Duration,
+}
+
 /// A held lease, renewed in the background until released or dropped.
 pub struct LeaseHandle {
     api: Arc<dyn LeaseApi>,
@@ -90,11 +99,12 @@ pub struct LeaseHandle {
     cfg: HandleConfig,
     clock: Arc<dyn Clock>,
     status: watch::Receiver<LeaseStatus>,
+    renewals: watch::Receiver<Option<Renewal>>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
 
-type RenewFuture = Pin<Box<dyn Future<Output = (BootInstant, Result<LeaseRecord, LeaseError>)> + Send>>;
+type RenewFuture = Pin<Box<dyn Future<Output = (BootInstant, Duration, Result<LeaseRecord, LeaseError>)> + Send>>;
 
 impl LeaseHandle {
     /// Acquires the lease and starts renewing it. Fails with `Refused` if another region's lease
@@ -112,6 +122,7 @@ impl LeaseHandle {
         let deadline = crate::gate::holder_deadline(t_send, rec.duration(), cfg.drift_margin);
         let initial = LeaseStatus::Valid { epoch: rec.epoch, deadline };
         let (tx, status) = watch::channel(initial);
+        let (renewed, renewals) = watch::channel(None);
         let (stop_tx, stop_rx) = oneshot::channel();
         let renewer = Renewer {
             api: api.clone(),
@@ -121,6 +132,7 @@ impl LeaseHandle {
             cfg: cfg.clone(),
             clock: clock.clone(),
             tx,
+            renewed,
             deadline,
         };
         let task = tokio::spawn(renewer.run(stop_rx));
@@ -132,6 +144,7 @@ impl LeaseHandle {
             cfg,
             clock,
             status,
+            renewals,
             stop: Some(stop_tx),
             task,
         })
@@ -167,6 +180,12 @@ impl LeaseHandle {
     /// Status changes; `FenceNow` arrives `fence_lead` before the deadline.
     pub fn watch(&self) -> watch::Receiver<LeaseStatus> {
         self.status.clone()
+    }
+
+    /// The last renewal the store confirmed (`None` before the first); changes with each one.
+    /// Renewals that failed or ran out are not reported: their latency is unknown.
+    pub fn renewals(&self) -> watch::Receiver<Option<Renewal>> {
+        self.renewals.clone()
     }
 
     /// Stops renewing and releases the lease. Fence before calling this: once it returns another
@@ -213,6 +232,7 @@ struct Renewer {
     cfg: HandleConfig,
     clock: Arc<dyn Clock>,
     tx: watch::Sender<LeaseStatus>,
+    renewed: watch::Sender<Option<Renewal>>,
     deadline: BootInstant,
 }
 
@@ -236,8 +256,11 @@ impl Renewer {
             let wake = self.fence_point().saturating_duration_since(now).min(tick).max(Duration::from_millis(1));
             tokio::select! {
                 _ = &mut stop => return,
-                (t_send, res) = async { inflight.as_mut().expect("guarded").await }, if inflight.is_some() => {
+                (t_send, round_trip, res) = async { inflight.as_mut().expect("guarded").await }, if inflight.is_some() => {
                     inflight = None;
+                    if res.is_ok() {
+                        self.renewed.send_replace(Some(Renewal { sent_at: t_send, round_trip }));
+                    }
                     if !self.on_renewal(t_send, res) {
                         return;
                     }
@@ -247,8 +270,9 @@ impl Renewer {
                     let (api, pair, region, epoch) = (self.api.clone(), self.pair.clone(), self.region.clone(), self.epoch);
                     let (clock, timeout) = (self.clock.clone(), self.cfg.call_timeout);
                     inflight = Some(Box::pin(async move {
-                        let t_send = clock.now();
-                        (t_send, timed(timeout, "renew", api.renew(&pair, &region, epoch)).await)
+                        let (t_send, started) = (clock.now(), std::time::Instant::now());
+                        let res = timed(timeout, "renew", api.renew(&pair, &region, epoch)).await;
+                        (t_send, started.elapsed(), res)
                     }));
                 }
                 _ = tokio::time::sleep(wake) => {}
@@ -278,5 +302,54 @@ impl Renewer {
                 true
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::boot_clock;
+    use crate::types::LeaseRequest;
+
+    /// A store that grants and renews everything.
+    struct AlwaysYes;
+
+    #[async_trait::async_trait]
+    impl LeaseApi for AlwaysYes {
+        async fn submit(&self, _req: LeaseRequest) -> Result<LeaseRecord, LeaseError> {
+            Ok(LeaseRecord {
+                pair: "p".into(),
+                holder: Some("a".into()),
+                epoch: 1,
+                duration_ms: 1200,
+                ..Default::default()
+            })
+        }
+        async fn read(&self, _pair: &str) -> Result<Option<LeaseRecord>, LeaseError> {
+            Ok(None)
+        }
+    }
+
+    #[tokio::test]
+    async fn confirmed_renewals_are_reported_with_their_round_trip() {
+        let cfg = HandleConfig {
+            duration: Duration::from_millis(1200),
+            renew_interval: Duration::from_millis(50),
+            drift_margin: Duration::from_millis(100),
+            fence_lead: Duration::from_millis(300),
+            call_timeout: Duration::from_millis(250),
+        };
+        let before = boot_clock().now();
+        let handle = LeaseHandle::acquire(Arc::new(AlwaysYes), "p", "a", cfg, boot_clock()).await.unwrap();
+        let mut renewals = handle.renewals();
+        assert_eq!(*renewals.borrow(), None, "the acquire is not a renewal");
+        let renewal = tokio::time::timeout(Duration::from_secs(5), renewals.wait_for(Option::is_some))
+            .await
+            .expect("a renewal within 5 s")
+            .unwrap()
+            .expect("some");
+        assert!(renewal.sent_at >= before, "{renewal:?}");
+        assert!(renewal.round_trip < Duration::from_millis(250), "{renewal:?}");
+        handle.abandon().await;
     }
 }

@@ -41,7 +41,7 @@ pub use clock::{BootClock, BootInstant, Clock, SkewedClock, boot_clock};
 pub use config::{GrantRules, Member, NodeConfig, RaftTimings, TlsFiles};
 pub use error::LeaseError;
 pub use gate::{holder_deadline, takeover_allowed_at};
-pub use handle::{HandleConfig, LeaseHandle, LeaseStatus};
+pub use handle::{HandleConfig, LeaseHandle, LeaseStatus, Renewal};
 pub use node::{LeaseNode, NodeStatus, run};
 pub use types::{
     Command, CommandResult, HistoryEvent, HistoryKind, LeaseRecord, LeaseRequest, LeaseTable, NodeId, NodeInfo,
