@@ -61,6 +61,14 @@ async fn the_holder_keeps_the_lease_over_a_slow_link() {
     let acked_slow = writer.acked_count() - acked_before;
 
     c.set_links(Mode::Pass);
+    // Durability did not quietly stay degraded: b is the synchronous standby again.
+    c.wait_pair_on(&["a"], "b streams as a's sync standby", Duration::from_secs(30), |p| {
+        p.holder.as_deref() == Some("a")
+            && p.sync_standby.as_deref() == Some("b")
+            && p.regions.iter().any(|r| r.region == "b" && r.sync_state.as_deref() == Some("sync"))
+    })
+    .await
+    .unwrap();
     let report = writer.stop().await;
     assert!(acked_slow >= 20, "writes stalled on the slow link: {acked_slow} acknowledged in {HOLD:?}");
     let on_a = Cluster::ids_on(c.node("a"), "probe").await.unwrap();

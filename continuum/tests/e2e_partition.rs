@@ -3,7 +3,7 @@
 //! application in `a` writes to its local database while a global application writes through
 //! the multi-host connection string. Then `a` is cut off (iptables DROP in its namespace):
 //! - `a` fences itself before its lease deadline (invariant 3),
-//! - `b` is promoted only after that, with a higher epoch,
+//! - `b` is promoted only after that, with a higher epoch, and DNS answers `b`,
 //! - `a` acknowledges nothing after its deadline (so nothing after `b`'s epoch starts), and no
 //!   acknowledged commit of either application is lost,
 //! - after the heal `a` rejoins by itself as `b`'s synchronous standby, holding no row `b`
@@ -75,6 +75,7 @@ async fn a_partitioned_holder_fences_before_b_takes_over_and_rejoins_after_heal(
         .await
         .unwrap();
     let takeover_after = cut.elapsed();
+    c.wait_dns("b").await.unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
     let acked = global.acked_count();
     global.wait_acked(acked + 20, Duration::from_secs(30)).await.unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
 
