@@ -27,6 +27,7 @@ pub mod orchestrator;
 pub mod pki;
 pub mod switchover;
 pub mod telemetry;
+pub mod witness;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -147,7 +148,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     failpoint::arm(&config.failpoints)
         .map_err(|message| Error::Config { key: format!("failpoints / {}", failpoint::ENV), message })?;
     if config.role == Role::Witness {
-        return orchestrator::run_witness(&config, shutdown).await;
+        return witness::run(&config, shutdown).await;
     }
     let missing = |key: &str| Error::Config { key: key.into(), message: "required for role data".into() };
     let api_config = config.api.as_ref().ok_or_else(|| missing("api"))?;

@@ -76,21 +76,12 @@ pub fn node_config(config: &Config) -> lease::NodeConfig {
     }
 }
 
-fn lease_config_error(error: LeaseError) -> Error {
+pub(crate) fn lease_config_error(error: LeaseError) -> Error {
     match error {
         LeaseError::Config { key, message } => Error::Config { key: format!("raft/tls: {key}"), message },
         LeaseError::Tls(message) => Error::Config { key: "tls".into(), message },
         other => Error::Unavailable { reason: format!("lease store: {other}") },
     }
-}
-
-/// Starts the witness's lease node and runs it until `shutdown`.
-pub async fn run_witness(config: &Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Error> {
-    let node = LeaseNode::start(node_config(config)).await.map_err(lease_config_error)?;
-    tracing::info!(region = %config.region, addr = %node.local_addr(), "witness lease node running");
-    shutdown.await;
-    node.shutdown().await;
-    Ok(())
 }
 
 /// Looks up an OS account's uid and gid.

@@ -194,6 +194,17 @@ pub async fn serve(listener: tokio::net::TcpListener, state: ApiState) -> std::i
 /// Like [`serve`], over TLS.
 pub async fn serve_tls(listener: tokio::net::TcpListener, tls: TlsConfig, state: ApiState) -> std::io::Result<()> {
     let shutdown = state.shutdown.clone();
+    serve_router_tls(listener, tls, router(state), shutdown).await
+}
+
+/// Serves any router over TLS until `shutdown` is cancelled (then a short grace for open
+/// requests).
+pub async fn serve_router_tls(
+    listener: tokio::net::TcpListener,
+    tls: TlsConfig,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let handle = axum_server::Handle::new();
     let on_shutdown = handle.clone();
     tokio::spawn(async move {
@@ -201,10 +212,7 @@ pub async fn serve_tls(listener: tokio::net::TcpListener, tls: TlsConfig, state:
         // Event streams end on the same signal, so open requests finish well within the grace.
         on_shutdown.graceful_shutdown(Some(SHUTDOWN_GRACE));
     });
-    axum_server::from_tcp_rustls(listener.into_std()?, tls.0)?
-        .handle(handle)
-        .serve(router(state).into_make_service())
-        .await
+    axum_server::from_tcp_rustls(listener.into_std()?, tls.0)?.handle(handle).serve(router.into_make_service()).await
 }
 
 /// How long a TLS shutdown waits for open requests.

@@ -316,6 +316,12 @@ impl Cluster {
                     d.join("tokens.toml").display(),
                     d.join(format!("audit-{region}.log")).display()
                 );
+            } else {
+                text += &format!(
+                    "[api]\nlisten = \"{}:{api_port}\"\ntokens_file = \"{}\"\n",
+                    host_of(region),
+                    d.join("tokens.toml").display()
+                );
             }
             let config = d.join(format!("{region}.toml"));
             std::fs::write(&config, text)?;
