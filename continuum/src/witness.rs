@@ -32,17 +32,23 @@ pub struct WitnessStatus {
     pub last_applied: Option<u64>,
     pub voters: Vec<u64>,
     pub learners: Vec<u64>,
+    /// As leader: milliseconds since a quorum last acknowledged this node.
+    pub millis_since_quorum_ack: Option<u64>,
 }
 
 #[derive(Clone)]
 struct WitnessState {
     region: String,
     node: LeaseNode,
+    /// A leader unacknowledged by a quorum for longer than this is not ready: any follower
+    /// would have started an election by then.
+    quorum_ack_limit: std::time::Duration,
 }
 
 impl WitnessState {
     fn status(&self) -> WitnessStatus {
-        let NodeStatus { id, leader, term, last_applied, voters, learners } = self.node.status();
+        let NodeStatus { id, leader, term, last_applied, voters, learners, millis_since_quorum_ack } =
+            self.node.status();
         WitnessStatus {
             region: self.region.clone(),
             node_id: id,
@@ -51,6 +57,7 @@ impl WitnessState {
             last_applied,
             voters: voters.into_iter().collect(),
             learners: learners.into_iter().collect(),
+            millis_since_quorum_ack,
         }
     }
 }
@@ -74,7 +81,12 @@ pub async fn run(config: &Config, shutdown: impl std::future::Future<Output = ()
                 .await
                 .map_err(|source| Error::Bind { addr: api.listen, source })?;
             let addr = listener.local_addr().map_err(Error::Serve)?;
-            let app = router(WitnessState { region: config.region.clone(), node: node.clone() }, tokens);
+            let state = WitnessState {
+                region: config.region.clone(),
+                node: node.clone(),
+                quorum_ack_limit: config.raft.election_timeout_max,
+            };
+            let app = router(state, tokens);
             tracing::info!(region = %config.region, %addr, tls = tls.is_some(), "witness API listening");
             let shutdown = stop.clone();
             Some(match tls {
@@ -121,6 +133,13 @@ async fn readyz(State(state): State<WitnessState>) -> Response {
         Some("this node is not a voter (yet)".to_string())
     } else if status.leader.is_none() {
         Some("no raft leader known: no quorum reachable from here".to_string())
+    } else if status.leader == Some(status.node_id)
+        && status.millis_since_quorum_ack.is_none_or(|ms| ms > state.quorum_ack_limit.as_millis() as u64)
+    {
+        Some(format!(
+            "no raft leader with a quorum: this node leads but no quorum acknowledged it for {}",
+            status.millis_since_quorum_ack.map_or("ever".to_string(), |ms| format!("{ms} ms"))
+        ))
     } else {
         None
     };

@@ -48,6 +48,10 @@ pub struct NodeStatus {
     pub last_applied: Option<u64>,
     pub voters: BTreeSet<NodeId>,
     pub learners: BTreeSet<NodeId>,
+    /// On the leader: milliseconds since a quorum last acknowledged it. openraft 0.9 keeps a
+    /// leader that lost its quorum in office, so "leader known" alone does not mean healthy.
+    #[serde(default)]
+    pub millis_since_quorum_ack: Option<u64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -243,6 +247,7 @@ impl Shared {
             last_applied: m.last_applied.map(|l| l.index),
             voters: membership.voter_ids().collect(),
             learners: membership.learner_ids().collect(),
+            millis_since_quorum_ack: m.millis_since_quorum_ack,
         }
     }
 

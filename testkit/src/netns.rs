@@ -88,6 +88,8 @@ pub struct Host {
     pub netns: NetNs,
     /// The host's end of its veth pair (inside the namespace).
     link: String,
+    /// The bridge's end of it (in the caller's namespace).
+    outside: String,
 }
 
 /// Hosts joined by a bridge. See the module docs.
@@ -164,7 +166,13 @@ impl Network {
             ip(&["netns", "add", &ns])?;
             let netns = NetNs::open(&ns)?;
             let addr = Ipv4Addr::new(10, net[0], net[1], i as u8 + 1);
-            network.hosts.push(Host { name: name.to_string(), addr, netns, link: inside.clone() });
+            network.hosts.push(Host {
+                name: name.to_string(),
+                addr,
+                netns,
+                link: inside.clone(),
+                outside: outside.clone(),
+            });
             ip(&["link", "add", &outside, "type", "veth", "peer", "name", &inside, "netns", &ns])?;
             ip(&["link", "set", &outside, "master", &network.bridge])?;
             ip(&["link", "set", &outside, "up"])?;
@@ -205,7 +213,7 @@ impl Drop for Network {
         for host in &self.hosts {
             // Deleting the namespace's name frees its veth end once no process holds it; delete
             // the outside end explicitly so the link goes now.
-            let _ = ip(&["link", "del", &host.link.replacen("ctp", "ctv", 1)]);
+            let _ = ip(&["link", "del", &host.outside]);
             let _ = ip(&["netns", "del", host.netns.name()]);
         }
         let _ = ip(&["link", "del", &self.bridge]);
