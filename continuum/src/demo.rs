@@ -31,6 +31,12 @@ fn free_port() -> Result<u16, Error> {
     Ok(listener.local_addr().map_err(|e| fail(e.to_string()))?.port())
 }
 
+fn log_tail(path: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
 fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     let mut file = std::fs::File::open("/dev/urandom").expect("/dev/urandom");
@@ -52,6 +58,7 @@ fn run_tool(mut cmd: Command, what: &str) -> Result<(), Error> {
 }
 
 /// One PostgreSQL server of the demo pair.
+#[derive(Clone)]
 struct Pg {
     name: String,
     port: u16,
@@ -112,6 +119,28 @@ impl Demo {
         run_tool(cmd, &format!("start PostgreSQL {}", pg.name))
     }
 
+    /// Writes server `index`'s own settings and starts it. The port was free when picked, but
+    /// another program may have bound it since: then pick another one and try again.
+    fn configure_and_start_pg(&mut self, index: usize, sync_with: &str) -> Result<(), Error> {
+        let mut attempt = 0;
+        loop {
+            let upstream = (index > 0).then(|| self.pgs[0].clone());
+            self.node_conf(&self.pgs[index], upstream.as_ref(), sync_with)?;
+            match self.start_pg(&self.pgs[index]) {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt < 5 && log_tail(&self.pgs[index].log_file).contains("could not bind") => {
+                    tracing::warn!(
+                        port = self.pgs[index].port,
+                        "PostgreSQL port taken meanwhile, picking another: {e}"
+                    );
+                    self.pgs[index].port = free_port()?;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     fn create_pair(&mut self) -> Result<(), Error> {
         let dir = self.dir.path().to_path_buf();
         for name in REGIONS {
@@ -122,7 +151,7 @@ impl Demo {
                 log_file: dir.join(format!("pg-{name}.log")),
             });
         }
-        let (a, b) = (&self.pgs[0], &self.pgs[1]);
+        let a = &self.pgs[0];
         let mut cmd = self.pg_command("initdb");
         cmd.arg("-D").arg(&a.data_dir);
         cmd.args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions"]);
@@ -155,8 +184,8 @@ impl Demo {
             a.data_dir.join("pg_hba.conf"),
             "host all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n",
         )?;
-        self.node_conf(a, None, "b")?;
-        self.start_pg(a)?;
+        self.configure_and_start_pg(0, "b")?;
+        let (a, b) = (&self.pgs[0], &self.pgs[1]);
         let mut cmd = self.pg_command("pg_basebackup");
         cmd.arg("-D").arg(&b.data_dir);
         cmd.args(["-h", "127.0.0.1", "-p", &a.port.to_string(), "-U", "postgres", "-X", "stream", "-c", "fast"]);
@@ -164,8 +193,7 @@ impl Demo {
         let signal = b.data_dir.join("standby.signal");
         std::fs::write(&signal, "").map_err(|e| fail(format!("write {}: {e}", signal.display())))?;
         self.give(&signal)?;
-        self.node_conf(b, Some(a), "a")?;
-        self.start_pg(b)
+        self.configure_and_start_pg(1, "a")
     }
 
     fn start_pdns(&mut self) -> Result<(u16, String, String), Error> {
