@@ -4,28 +4,12 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::cluster::{Cluster, Options};
+use common::cluster::{Cluster, Options, SplitBrainSampler};
 use continuum::api::{PgRole, SwitchoverRecord, SwitchoverState};
 use continuum::failpoint::{Failpoint, Step};
 use testkit::writer::Writer;
-
-async fn writable(conninfo: String) -> bool {
-    let Ok(Ok((client, connection))) =
-        tokio::time::timeout(Duration::from_millis(500), tokio_postgres::connect(&conninfo, tokio_postgres::NoTls))
-            .await
-    else {
-        return false;
-    };
-    tokio::spawn(connection);
-    matches!(
-        tokio::time::timeout(Duration::from_millis(500), client.query_one("SELECT pg_is_in_recovery()", &[])).await,
-        Ok(Ok(row)) if !row.get::<_, bool>(0)
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_at_every_step_completes_or_rolls_back_without_two_primaries() {
@@ -34,21 +18,7 @@ async fn a_crash_at_every_step_completes_or_rolls_back_without_two_primaries() {
     writer.wait_acked(20, Duration::from_secs(20)).await.unwrap();
 
     // Sampler: both servers writable at once would be split brain.
-    let both = Arc::new(AtomicUsize::new(0));
-    let stop = tokio_util::sync::CancellationToken::new();
-    let sampler = {
-        let (both, stop) = (both.clone(), stop.clone());
-        let (a, b) = (c.node("a").conninfo(), c.node("b").conninfo());
-        tokio::spawn(async move {
-            while !stop.is_cancelled() {
-                let (wa, wb) = tokio::join!(writable(a.clone()), writable(b.clone()));
-                if wa && wb {
-                    both.fetch_add(1, Ordering::SeqCst);
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
+    let sampler = SplitBrainSampler::start(&c);
 
     let mut holder = "a".to_string();
     for failpoint in [
@@ -128,12 +98,11 @@ async fn a_crash_at_every_step_completes_or_rolls_back_without_two_primaries() {
         println!("{failpoint}: {:?}, holder now {holder}", record.state);
     }
 
-    stop.cancel();
-    sampler.await.unwrap();
+    let split_brain = sampler.stop().await;
     let report = writer.stop().await;
     let on_primary = Cluster::ids_on(c.node(&holder), "probe").await.unwrap();
     let lost: Vec<i64> = report.acked.iter().copied().filter(|id| !on_primary.contains(id)).collect();
     assert!(lost.is_empty(), "acknowledged commits lost: {lost:?}");
-    assert_eq!(both.load(Ordering::SeqCst), 0, "both servers were writable at the same time");
+    assert_eq!(split_brain, 0, "both servers were writable at the same time");
     println!("acked {}, unknown {}, longest gap {:?}", report.acked.len(), report.unknown.len(), report.longest_gap);
 }

@@ -5,8 +5,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{Cluster, Options};
-use continuum::api::{PgRole, SwitchoverKind};
+use common::cluster::{Cluster, Options, serves, sync_standby_of};
+use continuum::api::SwitchoverKind;
 use testkit::writer::Writer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -25,9 +25,7 @@ async fn kill9_of_the_primary_region_fails_over_and_the_old_primary_rejoins_by_i
     // (the benchmark measures the real figure).
     let status = c
         .wait_pair_on(&["b"], "b is primary with a newer epoch", Duration::from_secs(15), |p| {
-            p.holder.as_deref() == Some("b")
-                && p.epoch > before.epoch
-                && p.regions.iter().any(|r| r.region == "b" && r.role == PgRole::Primary)
+            serves(p, "b", before.epoch)
         })
         .await
         .unwrap();
@@ -47,15 +45,9 @@ async fn kill9_of_the_primary_region_fails_over_and_the_old_primary_rejoins_by_i
     // a's daemon comes back alone: it must rejoin as b's standby by itself (its server was
     // killed and is down), and b records it as synchronous standby again.
     c.daemon("a").start().unwrap();
-    c.wait_pair_on(&["b"], "a streams as b's sync standby", Duration::from_secs(60), |p| {
-        p.holder.as_deref() == Some("b")
-            && p.sync_standby.as_deref() == Some("a")
-            && p.regions
-                .iter()
-                .any(|r| r.region == "a" && r.role == PgRole::Standby && r.sync_state.as_deref() == Some("sync"))
-    })
-    .await
-    .unwrap();
+    c.wait_pair_on(&["b"], "a streams as b's sync standby", Duration::from_secs(60), |p| sync_standby_of(p, "b", "a"))
+        .await
+        .unwrap();
 
     let report = writer.stop().await;
     let on_b = Cluster::ids_on(c.node("b"), "probe").await.unwrap();
@@ -76,10 +68,7 @@ async fn with_durability_required_writes_block_after_failover_until_the_old_prim
     c.node("a").kill9().unwrap();
     let status = c
         .wait_pair_on(&["b"], "b primary, writes blocked and saying why", Duration::from_secs(10), |p| {
-            p.holder.as_deref() == Some("b")
-                && p.epoch > before.epoch
-                && p.regions.iter().any(|r| r.region == "b" && r.role == PgRole::Primary)
-                && p.writes_blocked.is_some()
+            serves(p, "b", before.epoch) && p.writes_blocked.is_some()
         })
         .await
         .unwrap();

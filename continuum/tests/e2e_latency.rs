@@ -14,7 +14,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{Cluster, Options};
+use common::cluster::{Cluster, Options, sync_standby_of};
 use continuum::api::{LeaseState, PgRole};
 use testkit::proxy::Mode;
 use testkit::writer::Writer;
@@ -62,17 +62,12 @@ async fn the_holder_keeps_the_lease_over_a_slow_link() {
 
     c.set_links(Mode::Pass);
     // Durability did not quietly stay degraded: b is the synchronous standby again.
-    c.wait_pair_on(&["a"], "b streams as a's sync standby", Duration::from_secs(30), |p| {
-        p.holder.as_deref() == Some("a")
-            && p.sync_standby.as_deref() == Some("b")
-            && p.regions.iter().any(|r| r.region == "b" && r.sync_state.as_deref() == Some("sync"))
-    })
-    .await
-    .unwrap();
+    c.wait_pair_on(&["a"], "b streams as a's sync standby", Duration::from_secs(30), |p| sync_standby_of(p, "a", "b"))
+        .await
+        .unwrap();
     let report = writer.stop().await;
     assert!(acked_slow >= 20, "writes stalled on the slow link: {acked_slow} acknowledged in {HOLD:?}");
-    let on_a = Cluster::ids_on(c.node("a"), "probe").await.unwrap();
-    let lost: Vec<i64> = report.acked.iter().copied().filter(|id| !on_a.contains(id)).collect();
+    let lost = Cluster::missing_on(c.node("a"), "probe", &report.acked).await.unwrap();
     assert!(lost.is_empty(), "acknowledged commits lost: {lost:?}");
     println!(
         "{HOLD:?} at +{ADDED_RTT:?} round trip: {samples} samples, holder a at epoch {} throughout, \

@@ -13,8 +13,7 @@ mod common;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::cluster::{Cluster, Options};
-use continuum::api::PgRole;
+use common::cluster::{Cluster, Options, serves, sync_standby_of};
 use testkit::writer::{Writer, WriterReport};
 use tokio::sync::oneshot;
 
@@ -68,9 +67,7 @@ async fn a_partitioned_holder_fences_before_b_takes_over_and_rejoins_after_heal(
     // b takes over with a higher epoch, and the global application writes there.
     let taken = c
         .wait_pair_on(&["b"], "b holds the lease and is primary", Duration::from_secs(30), |p| {
-            p.holder.as_deref() == Some("b")
-                && p.epoch > before.epoch
-                && p.regions.iter().any(|r| r.region == "b" && r.role == PgRole::Primary)
+            serves(p, "b", before.epoch)
         })
         .await
         .unwrap();
@@ -95,14 +92,9 @@ async fn a_partitioned_holder_fences_before_b_takes_over_and_rejoins_after_heal(
     // Heal: a rejoins by itself as b's synchronous standby.
     let healed = Instant::now();
     network.heal("a").unwrap();
-    c.wait_pair_on(&["b"], "a streams as b's sync standby", Duration::from_secs(90), |p| {
-        p.holder.as_deref() == Some("b")
-            && p.regions
-                .iter()
-                .any(|r| r.region == "a" && r.role == PgRole::Standby && r.sync_state.as_deref() == Some("sync"))
-    })
-    .await
-    .unwrap();
+    c.wait_pair_on(&["b"], "a streams as b's sync standby", Duration::from_secs(90), |p| sync_standby_of(p, "b", "a"))
+        .await
+        .unwrap();
     let rejoined_after = healed.elapsed();
 
     let _ = stop_tx.send(());

@@ -8,8 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{Cluster, Options};
-use continuum::api::PgRole;
+use common::cluster::{Cluster, Options, serves, sync_standby_of};
 use testkit::writer::Writer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -29,9 +28,7 @@ async fn a_holder_whose_server_stays_down_lets_the_standby_take_over() {
 
     let taken = c
         .wait_pair_on(&["b"], "b holds the lease and is primary", Duration::from_secs(60), |p| {
-            p.holder.as_deref() == Some("b")
-                && p.epoch > before.epoch
-                && p.regions.iter().any(|r| r.region == "b" && r.role == PgRole::Primary)
+            serves(p, "b", before.epoch)
         })
         .await
         .unwrap();
@@ -45,18 +42,12 @@ async fn a_holder_whose_server_stays_down_lets_the_standby_take_over() {
 
     // Repaired: a comes back as b's synchronous standby on its own.
     std::fs::rename(&hidden, &version).unwrap();
-    c.wait_pair_on(&["b"], "a streams as b's sync standby", Duration::from_secs(90), |p| {
-        p.holder.as_deref() == Some("b")
-            && p.regions
-                .iter()
-                .any(|r| r.region == "a" && r.role == PgRole::Standby && r.sync_state.as_deref() == Some("sync"))
-    })
-    .await
-    .unwrap();
+    c.wait_pair_on(&["b"], "a streams as b's sync standby", Duration::from_secs(90), |p| sync_standby_of(p, "b", "a"))
+        .await
+        .unwrap();
 
     let report = writer.stop().await;
-    let on_b = Cluster::ids_on(c.node("b"), "probe").await.unwrap();
-    let lost: Vec<i64> = report.acked.iter().copied().filter(|id| !on_b.contains(id)).collect();
+    let lost = Cluster::missing_on(c.node("b"), "probe", &report.acked).await.unwrap();
     assert!(lost.is_empty(), "acknowledged commits lost: {lost:?}");
     println!(
         "b took over {takeover_after:?} after a's server crashed for good (epoch {} -> {}); {} acked, {} unknown",

@@ -6,10 +6,12 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use continuum::api::{PairStatus, Status};
+use continuum::api::{PairStatus, PgRole, Status};
 use testkit::netns::{NetNs, Network};
 use testkit::pg::NodeSettings;
 use testkit::proxy::{Mode, Proxy};
@@ -35,6 +37,72 @@ const RAFT_FAST: &str =
     "heartbeat_interval = \"100ms\"\nelection_timeout_min = \"400ms\"\nelection_timeout_max = \"800ms\"\n";
 const LEASE_FAST: &str = "renew_interval = \"300ms\"\nduration = \"2s\"\ndrift_margin = \"200ms\"\n\
                           grant_margin = \"300ms\"\ncall_timeout = \"1s\"\n";
+
+/// `region` holds the lease at an epoch above `above` and its server is the primary.
+pub fn serves(p: &PairStatus, region: &str, above: u64) -> bool {
+    p.holder.as_deref() == Some(region)
+        && p.epoch > above
+        && p.regions.iter().any(|r| r.region == region && r.role == PgRole::Primary)
+}
+
+/// `holder` holds the lease, `standby` is recorded as its synchronous standby and streams as one.
+pub fn sync_standby_of(p: &PairStatus, holder: &str, standby: &str) -> bool {
+    p.holder.as_deref() == Some(holder)
+        && p.sync_standby.as_deref() == Some(standby)
+        && p.regions
+            .iter()
+            .any(|r| r.region == standby && r.role == PgRole::Standby && r.sync_state.as_deref() == Some("sync"))
+}
+
+/// Samples both servers every 20 ms and counts the moments when both accepted writes.
+pub struct SplitBrainSampler {
+    both: Arc<AtomicUsize>,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SplitBrainSampler {
+    pub fn start(c: &Cluster) -> SplitBrainSampler {
+        let both = Arc::new(AtomicUsize::new(0));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (a, b) = (c.node("a").conninfo(), c.node("b").conninfo());
+        let task = {
+            let (both, stop) = (both.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.is_cancelled() {
+                    let (wa, wb) = tokio::join!(writable(a.clone()), writable(b.clone()));
+                    if wa && wb {
+                        both.fetch_add(1, Ordering::SeqCst);
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        };
+        SplitBrainSampler { both, stop, task }
+    }
+
+    /// Stops sampling; how many samples saw two writable servers.
+    pub async fn stop(self) -> usize {
+        self.stop.cancel();
+        let _ = self.task.await;
+        self.both.load(Ordering::SeqCst)
+    }
+}
+
+/// Whether the server behind `conninfo` answers within 0.5 s and is not in recovery.
+async fn writable(conninfo: String) -> bool {
+    let Ok(Ok((client, connection))) =
+        tokio::time::timeout(Duration::from_millis(500), tokio_postgres::connect(&conninfo, tokio_postgres::NoTls))
+            .await
+    else {
+        return false;
+    };
+    tokio::spawn(connection);
+    matches!(
+        tokio::time::timeout(Duration::from_millis(500), client.query_one("SELECT pg_is_in_recovery()", &[])).await,
+        Ok(Ok(row)) if !row.get::<_, bool>(0)
+    )
+}
 
 pub struct Options {
     pub durability: &'static str,
@@ -459,6 +527,12 @@ impl Cluster {
         cmd.env("CONTINUUM_TOKEN", OWNER).env("CONTINUUM_API", &self.daemons[region].api);
         cmd.env_remove("CONTINUUM_CA");
         cmd
+    }
+
+    /// The `acked` ids that `node` does not have in `table`: acknowledged commits lost.
+    pub async fn missing_on(node: &PgNode, table: &str, acked: &[i64]) -> anyhow::Result<Vec<i64>> {
+        let present = Self::ids_on(node, table).await?;
+        Ok(acked.iter().copied().filter(|id| !present.contains(id)).collect())
     }
 
     /// Ids present on `node` in `table`.
