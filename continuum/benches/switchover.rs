@@ -144,28 +144,9 @@ async fn main() {
     let mut windows = Vec::new();
     for _ in 0..RUNS {
         let to = if holder == "a" { "b" } else { "a" };
-        let api = c.daemons[&holder].api.clone();
         let t0 = Instant::now();
-        let response = c
-            .http
-            .post(format!("{api}/v1/switchover"))
-            .bearer_auth(common::OWNER)
-            .json(&serde_json::json!({ "to": to, "reason": "bench" }))
-            .send()
-            .await
-            .expect("request");
-        assert_eq!(response.status(), 202);
-        let id = response.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string();
-        let record: continuum::api::SwitchoverRecord =
-            testkit::wait_for("switchover done", Duration::from_secs(60), || {
-                let request = c.http.get(format!("{api}/v1/switchovers/{id}")).bearer_auth(common::VIEWER).send();
-                async move {
-                    let record: continuum::api::SwitchoverRecord = request.await?.json().await?;
-                    Ok(record.state.is_finished().then_some(record))
-                }
-            })
-            .await
-            .expect("finished");
+        let id = c.request_switchover(&holder, to, "bench").await;
+        let record = c.wait_switchover_finished(&holder, &id, Duration::from_secs(60)).await;
         // Done = succeeded, DNS flipped and the old primary streaming (the record's last step
         // waits for the old primary to be synchronous again).
         c.wait_dns(to).await.expect("dns");

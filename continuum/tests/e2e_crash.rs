@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::cluster::{Cluster, Options, SplitBrainSampler};
-use continuum::api::{PgRole, SwitchoverRecord, SwitchoverState};
+use continuum::api::{PgRole, SwitchoverState};
 use continuum::failpoint::{Failpoint, Step};
 use testkit::writer::Writer;
 
@@ -41,10 +41,7 @@ async fn a_crash_at_every_step_completes_or_rolls_back_without_two_primaries() {
         let performer = continuum::switchover::performer(step, &from, &to).to_string();
         let other = if performer == "a" { "b" } else { "a" };
         // Re-arm the performer: restart it with the failpoint.
-        let d = c.daemon(&performer);
-        d.kill9();
-        d.set_env(continuum::failpoint::ENV, &failpoint.to_string());
-        d.start().unwrap();
+        c.daemon(&performer).restart_armed(failpoint).unwrap();
         c.wait_ready(&performer).await.unwrap();
         c.wait_pair_on(&[other], "pair healthy before the switchover", Duration::from_secs(30), |p| {
             p.holder.as_deref() == Some(from.as_str()) && p.regions.iter().all(|r| r.role != PgRole::Down)
@@ -52,17 +49,7 @@ async fn a_crash_at_every_step_completes_or_rolls_back_without_two_primaries() {
         .await
         .unwrap();
 
-        let api = c.daemons[other].api.clone();
-        let response = c
-            .http
-            .post(format!("{api}/v1/switchover"))
-            .bearer_auth(common::OWNER)
-            .json(&serde_json::json!({ "to": to, "reason": format!("crash at {failpoint}") }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 202, "{failpoint}: {}", response.text().await.unwrap());
-        let id = response.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+        let id = c.request_switchover(other, &to, &format!("crash at {failpoint}")).await;
 
         let code = c.daemon(&performer).wait_exit(Duration::from_secs(60)).await.unwrap();
         assert_eq!(code, Some(continuum::failpoint::EXIT_CODE), "{failpoint}: {}", c.logs());
@@ -70,16 +57,7 @@ async fn a_crash_at_every_step_completes_or_rolls_back_without_two_primaries() {
         d.clear_env();
         d.start().unwrap();
 
-        let record: SwitchoverRecord =
-            testkit::wait_for(&format!("switchover finished after {failpoint}"), Duration::from_secs(60), || {
-                let request = c.http.get(format!("{api}/v1/switchovers/{id}")).bearer_auth(common::VIEWER).send();
-                async move {
-                    let record: SwitchoverRecord = request.await?.json().await?;
-                    Ok(record.state.is_finished().then_some(record))
-                }
-            })
-            .await
-            .unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
+        let record = c.wait_switchover_finished(other, &id, Duration::from_secs(60)).await;
         // A crash is not a failure: the restarted daemon repeats its step (every step is
         // idempotent), so the switchover completes; failed steps roll back (e2e_step_failure).
         let expected = SwitchoverState::Succeeded;

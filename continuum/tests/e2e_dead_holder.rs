@@ -15,10 +15,7 @@ use testkit::writer::Writer;
 /// Arms region a's daemon with `failpoint`, requests a switchover a → b, and waits until a's
 /// daemon died there; then kills a's postmaster too. Returns the switchover id and b's epoch.
 async fn switchover_with_a_dying_at(c: &mut Cluster, failpoint: Failpoint) -> (String, u64) {
-    let d = c.daemon("a");
-    d.kill9();
-    d.set_env(continuum::failpoint::ENV, &failpoint.to_string());
-    d.start().unwrap();
+    c.daemon("a").restart_armed(failpoint).unwrap();
     c.wait_ready("a").await.unwrap();
     let before = c
         .wait_pair_on(&["b"], "pair healthy before the switchover", Duration::from_secs(30), |p| {
@@ -27,17 +24,7 @@ async fn switchover_with_a_dying_at(c: &mut Cluster, failpoint: Failpoint) -> (S
         })
         .await
         .unwrap();
-    let api = c.daemons["b"].api.clone();
-    let response = c
-        .http
-        .post(format!("{api}/v1/switchover"))
-        .bearer_auth(common::OWNER)
-        .json(&serde_json::json!({ "to": "b", "reason": format!("a dies at {failpoint}") }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
-    let id = response.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let id = c.request_switchover("b", "b", &format!("a dies at {failpoint}")).await;
     let code = c.daemon("a").wait_exit(Duration::from_secs(30)).await.unwrap();
     assert_eq!(code, Some(continuum::failpoint::EXIT_CODE), "{}", c.logs());
     c.daemon("a").clear_env();
@@ -47,8 +34,7 @@ async fn switchover_with_a_dying_at(c: &mut Cluster, failpoint: Failpoint) -> (S
 }
 
 async fn record(c: &Cluster, id: &str) -> anyhow::Result<SwitchoverRecord> {
-    let api = &c.daemons["b"].api;
-    Ok(c.http.get(format!("{api}/v1/switchovers/{id}")).bearer_auth(common::VIEWER).send().await?.json().await?)
+    c.switchover_record("b", id).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

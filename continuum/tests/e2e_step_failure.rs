@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::cluster::{Cluster, Options, SplitBrainSampler};
-use continuum::api::{PgRole, StepState, SwitchoverRecord, SwitchoverState};
+use continuum::api::{PgRole, StepState, SwitchoverState};
 use continuum::failpoint::{Failpoint, Step};
 use testkit::writer::Writer;
 
@@ -28,10 +28,7 @@ async fn a_failed_step_rolls_back_before_the_lease_moves_and_forward_after() {
         let to = if from == "a" { "b".to_string() } else { "a".to_string() };
         let performer = continuum::switchover::performer(step, &from, &to).to_string();
         let other = if performer == "a" { "b" } else { "a" };
-        let d = c.daemon(&performer);
-        d.kill9();
-        d.set_env(continuum::failpoint::ENV, &failpoint.to_string());
-        d.start().unwrap();
+        c.daemon(&performer).restart_armed(failpoint).unwrap();
         c.wait_ready(&performer).await.unwrap();
         let before = c
             .wait_pair_on(&[other], "pair healthy before the switchover", Duration::from_secs(30), |p| {
@@ -41,27 +38,8 @@ async fn a_failed_step_rolls_back_before_the_lease_moves_and_forward_after() {
             .await
             .unwrap();
 
-        let api = c.daemons[other].api.clone();
-        let response = c
-            .http
-            .post(format!("{api}/v1/switchover"))
-            .bearer_auth(common::OWNER)
-            .json(&serde_json::json!({ "to": to, "reason": format!("{failpoint}") }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 202, "{failpoint}: {}", response.text().await.unwrap());
-        let id = response.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string();
-        let record: SwitchoverRecord =
-            testkit::wait_for(&format!("switchover finished after {failpoint}"), Duration::from_secs(60), || {
-                let request = c.http.get(format!("{api}/v1/switchovers/{id}")).bearer_auth(common::VIEWER).send();
-                async move {
-                    let record: SwitchoverRecord = request.await?.json().await?;
-                    Ok(record.state.is_finished().then_some(record))
-                }
-            })
-            .await
-            .unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
+        let id = c.request_switchover(other, &to, &failpoint.to_string()).await;
+        let record = c.wait_switchover_finished(other, &id, Duration::from_secs(60)).await;
 
         let failed = record.steps.iter().find(|s| s.step == step).expect("the failed step is recorded");
         if step.rolls_back() {

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use continuum::api::{PairStatus, PgRole, Status};
+use continuum::api::{PairStatus, PgRole, Status, SwitchoverRecord};
 use testkit::netns::{NetNs, Network};
 use testkit::pg::NodeSettings;
 use testkit::proxy::{Mode, Proxy};
@@ -178,6 +178,13 @@ impl Daemon {
 
     pub fn clear_env(&mut self) {
         self.env.clear();
+    }
+
+    /// `kill -9`, then starts again with `failpoint` armed.
+    pub fn restart_armed(&mut self, failpoint: continuum::failpoint::Failpoint) -> anyhow::Result<()> {
+        self.kill9();
+        self.set_env(continuum::failpoint::ENV, &failpoint.to_string());
+        self.start()
     }
 
     /// `kill -9`.
@@ -510,6 +517,38 @@ impl Cluster {
             Ok(self.dns.a(RECORD).await.map(|a| a == [want]).unwrap_or(false))
         })
         .await
+    }
+
+    /// `POST /v1/switchover` to `via`'s daemon as the owner; asserts 202 and returns the id.
+    pub async fn request_switchover(&self, via: &str, to: &str, reason: &str) -> String {
+        let api = &self.daemons[via].api;
+        let response = self
+            .http
+            .post(format!("{api}/v1/switchover"))
+            .bearer_auth(OWNER)
+            .json(&serde_json::json!({ "to": to, "reason": reason }))
+            .send()
+            .await
+            .expect("switchover request sent");
+        assert_eq!(response.status(), 202, "switchover to {to}: {}", response.text().await.unwrap_or_default());
+        let accepted: serde_json::Value = response.json().await.expect("202 body");
+        accepted["id"].as_str().expect("switchover id").to_string()
+    }
+
+    /// `GET /v1/switchovers/{id}` from `via`'s daemon.
+    pub async fn switchover_record(&self, via: &str, id: &str) -> anyhow::Result<SwitchoverRecord> {
+        let api = &self.daemons[via].api;
+        Ok(self.http.get(format!("{api}/v1/switchovers/{id}")).bearer_auth(VIEWER).send().await?.json().await?)
+    }
+
+    /// Waits until switchover `id` (read from `via`) has finished, whatever its outcome.
+    pub async fn wait_switchover_finished(&self, via: &str, id: &str, timeout: Duration) -> SwitchoverRecord {
+        testkit::wait_for(&format!("switchover {id} finished"), timeout, || async move {
+            let record = self.switchover_record(via, id).await?;
+            Ok(record.state.is_finished().then_some(record))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", self.logs()))
     }
 
     /// Multi-host connection string that follows the writable node.
