@@ -77,11 +77,6 @@ impl PgNode {
         format!("host={} port={} user=postgres application_name={application_name}", self.host, self.port)
     }
 
-    /// The network namespace the server runs in, if it was placed in one.
-    pub fn netns(&self) -> Option<&NetNs> {
-        self.netns.as_ref()
-    }
-
     /// Opens a client; the connection task is spawned on the current runtime.
     pub async fn connect(&self) -> anyhow::Result<Client> {
         connect(&self.conninfo(), &self.name, self.port).await
