@@ -11,7 +11,8 @@
 //! - [`switchover`]: the planned-switchover state machine over the replicated record.
 //! - [`orchestrator`]: the data region's [`api::Orchestrator`]: embedded lease node, control
 //!   loop per pair (renew and fence, sync standby, failover, switchover steps), witness.
-//! - [`demo`]: `continuum demo`, the whole system on loopback; [`pki`]: its throwaway CA.
+//! - [`demo`]: `continuum demo`, the whole system on loopback; [`pki`]: its throwaway CA;
+//!   [`topology`]: typed configs of such a deployment (demo, e2e harness, benchmarks).
 //! - [`cli`]: the `continuum` command line (daemon and API client).
 //! - [`telemetry`]: tracing setup.
 
@@ -27,6 +28,7 @@ pub mod orchestrator;
 pub mod pki;
 pub mod switchover;
 pub mod telemetry;
+pub mod topology;
 pub mod witness;
 
 use std::future::Future;

@@ -129,7 +129,18 @@ async fn switchover_to_an_ineligible_region_gets_409_with_the_reason() {
         .send()
         .await
         .unwrap();
-    assert_eq!(error_of(response).await.0, 404);
+    // As the daemon answers it (`api::validate`): a target outside the pair is a bad request.
+    let (status, body) = error_of(response).await;
+    assert_eq!((status, body.error.code.as_str()), (400, "bad_request"));
+    assert!(body.error.message.contains(r#"unknown region "zz""#), "{}", body.error.message);
+    let response = http
+        .post(format!("{}/v1/plan", server.url))
+        .bearer_auth(OPERATOR)
+        .json(&json!({"to": "b", "pair": "billing"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(response).await.0, 404, "a pair the daemon does not protect");
 
     // Refused switchovers leave no history and no change of holder.
     let history: Vec<SwitchoverRecord> = http

@@ -81,6 +81,8 @@ async fn a_crash_at_every_step_completes_or_rolls_back_without_two_primaries() {
     let on_primary = Cluster::ids_on(c.node(&holder), "probe").await.unwrap();
     let lost: Vec<i64> = report.acked.iter().copied().filter(|id| !on_primary.contains(id)).collect();
     assert!(lost.is_empty(), "acknowledged commits lost: {lost:?}");
-    assert_eq!(split_brain, 0, "both servers were writable at the same time");
+    // The sampler ran through every switchover: hundreds of decisive samples at the least.
+    split_brain.assert_safe(200);
+    println!("split-brain samples: {split_brain:?}");
     println!("acked {}, unknown {}, longest gap {:?}", report.acked.len(), report.unknown.len(), report.longest_gap);
 }

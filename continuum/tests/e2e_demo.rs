@@ -53,6 +53,16 @@ async fn demo_comes_up_switches_over_and_cleans_up_on_sigterm() {
     assert_eq!(dns.a(&name).await.unwrap(), ["127.0.0.1"]);
 
     let http = reqwest::Client::new();
+    // The real daemon's answer to a target outside the pair, which the API tests' fake shares
+    // (`api::validate`): 400, not 404.
+    let refused = http
+        .post(format!("{api_a}/v1/switchover"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({ "to": "zz", "reason": "demo test" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400, "{}", refused.text().await.unwrap_or_default());
     let accepted: serde_json::Value = http
         .post(format!("{api_a}/v1/switchover"))
         .bearer_auth(&token)
@@ -87,8 +97,10 @@ async fn demo_comes_up_switches_over_and_cleans_up_on_sigterm() {
     }
     // The postmasters as they are now (a restarted as a standby during the switchover).
     let dir = std::path::PathBuf::from(facts["dir"].as_str().unwrap());
-    for region in ["a", "b"] {
-        if let Ok(text) = std::fs::read_to_string(dir.join(format!("pg-{region}/postmaster.pid"))) {
+    for region in facts["regions"].as_array().unwrap() {
+        let data_dir = std::path::Path::new(region["postgres_data_dir"].as_str().unwrap());
+        assert!(data_dir.starts_with(&dir), "{data_dir:?} inside the demo's directory");
+        if let Ok(text) = std::fs::read_to_string(data_dir.join("postmaster.pid")) {
             pids.push(text.lines().next().unwrap().trim().parse().unwrap());
         }
     }

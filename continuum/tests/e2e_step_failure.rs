@@ -85,5 +85,7 @@ async fn a_failed_step_rolls_back_before_the_lease_moves_and_forward_after() {
     let on_primary = Cluster::ids_on(c.node(&holder), "probe").await.unwrap();
     let lost: Vec<i64> = report.acked.iter().copied().filter(|id| !on_primary.contains(id)).collect();
     assert!(lost.is_empty(), "acknowledged commits lost: {lost:?}");
-    assert_eq!(split_brain, 0, "both servers were writable at the same time");
+    // The sampler ran through every switchover: hundreds of decisive samples at the least.
+    split_brain.assert_safe(200);
+    println!("split-brain samples: {split_brain:?}");
 }

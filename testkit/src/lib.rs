@@ -1,32 +1,33 @@
-//! Test fixtures for Continuum: real PostgreSQL 15 pairs, a real PowerDNS Authoritative server,
-//! waits with deadlines and free loopback ports.
+//! Test fixtures for Continuum. The real parts (a synchronous PostgreSQL 15 pair, PowerDNS,
+//! free ports, running PostgreSQL as `postgres`) come from `devstack`, which `continuum demo`
+//! uses too, and are re-exported here; this crate adds what only tests need: network namespaces
+//! ([`netns`]), link proxies ([`proxy`]), a commit-counting writer ([`writer`]), a DNS probe
+//! ([`dns`]) and waits that return `anyhow` errors ([`wait`]).
 //!
 //! Every fixture owns a private temporary directory and its own ports, so `cargo nextest` can run
 //! tests side by side, and every fixture stops what it started when dropped, including during a
-//! panic. PostgreSQL refuses to run as root, so when the tests run as root the PostgreSQL
-//! binaries are started as the `postgres` user (see [`os`]).
+//! panic.
 
 pub mod dns;
 pub mod netns;
-pub mod os;
-pub mod pdns;
-pub mod pg;
-pub mod ports;
 pub mod proxy;
 pub mod wait;
 pub mod writer;
 
+pub use devstack::os;
+pub use devstack::{PgNode, PgPair, PgPairBuilder, PowerDns, PowerDnsBuilder, StopMode, install_crypto_provider};
 pub use dns::{DnsAnswer, DnsProbe};
-pub use pdns::{PowerDns, PowerDnsBuilder};
-pub use pg::{PgNode, PgPair, PgPairBuilder, StopMode};
-pub use ports::free_port;
 pub use wait::{wait_for, wait_until};
 
-/// Installs rustls' ring provider as the process default. reqwest is built without a provider
-/// (the workspace uses ring only), so it panics on `Client::new()` until one is installed.
-/// Safe to call any number of times.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+/// PostgreSQL servers and pairs (devstack's).
+pub mod pg {
+    pub use devstack::pair::{PgPair, PgPairBuilder};
+    pub use devstack::pg::{Launcher, NodeSettings, PgNode, StopMode};
+}
+
+/// A free loopback port (see `devstack::ports`); panics if loopback cannot be bound at all.
+pub fn free_port() -> u16 {
+    devstack::free_port().expect("a free loopback port")
 }
 
 /// Routes `tracing` output to the test harness' captured output. Honours `RUST_LOG`.

@@ -59,6 +59,13 @@ impl NetNs {
         }
     }
 
+    /// A PostgreSQL [`devstack::Launcher`] that starts the server's commands in this namespace
+    /// as the PostgreSQL account (see [`devstack::PgPairBuilder::place`]).
+    pub fn launcher(&self) -> devstack::Launcher {
+        let netns = self.clone();
+        devstack::Launcher::new(move |cmd, run_as| netns.apply_as(cmd, run_as.map(|u| (u.uid, u.gid))))
+    }
+
     /// Runs `work` on a new thread inside this namespace, on its own current-thread runtime:
     /// every socket it opens belongs to the namespace (a client "in that region").
     pub fn spawn<T, F, Fut>(&self, work: F) -> std::thread::JoinHandle<anyhow::Result<T>>

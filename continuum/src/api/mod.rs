@@ -12,6 +12,7 @@
 //! body is read, so a rejected request never reaches the orchestrator.
 
 mod types;
+pub mod validate;
 
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use continuum::api::{PairStatus, PgRole, Status, SwitchoverRecord};
+use continuum::config::{Durability, PairConfig, PgPeerConfig};
+use continuum::topology::{self, DataNode, Node, Timings, Topology};
 use testkit::netns::{NetNs, Network};
 use testkit::pg::NodeSettings;
 use testkit::proxy::{Mode, Proxy};
@@ -33,11 +35,6 @@ pub fn address_of(region: &str) -> &'static str {
     }
 }
 
-const RAFT_FAST: &str =
-    "heartbeat_interval = \"100ms\"\nelection_timeout_min = \"400ms\"\nelection_timeout_max = \"800ms\"\n";
-const LEASE_FAST: &str = "renew_interval = \"300ms\"\nduration = \"2s\"\ndrift_margin = \"200ms\"\n\
-                          grant_margin = \"300ms\"\ncall_timeout = \"1s\"\n";
-
 /// `region` holds the lease at an epoch above `above` and its server is the primary.
 pub fn serves(p: &PairStatus, region: &str, above: u64) -> bool {
     p.holder.as_deref() == Some(region)
@@ -54,54 +51,121 @@ pub fn sync_standby_of(p: &PairStatus, holder: &str, standby: &str) -> bool {
             .any(|r| r.region == standby && r.role == PgRole::Standby && r.sync_state.as_deref() == Some("sync"))
 }
 
-/// Samples both servers every 20 ms and counts the moments when both accepted writes.
+/// Samples both servers every 20 ms and counts the moments when both accepted writes. A sample
+/// in which a server did not answer in time (a loaded machine, a partition) decides nothing:
+/// it is counted as undecided, never as "not writable", and [`SplitBrainReport::assert_safe`]
+/// demands enough decisive samples for "no split brain" to mean something.
 pub struct SplitBrainSampler {
-    both: Arc<AtomicUsize>,
+    counts: Arc<Counts>,
     stop: tokio_util::sync::CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
+#[derive(Default)]
+struct Counts {
+    samples: AtomicUsize,
+    both_writable: AtomicUsize,
+    undecided: AtomicUsize,
+}
+
+/// What a [`SplitBrainSampler`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SplitBrainReport {
+    pub samples: usize,
+    /// Samples in which both servers answered as writable primaries.
+    pub both_writable: usize,
+    /// Samples in which no server answered "not writable" and at least one did not answer.
+    pub undecided: usize,
+}
+
+impl SplitBrainReport {
+    pub fn decisive(&self) -> usize {
+        self.samples - self.undecided
+    }
+
+    /// No decisive sample saw two writable servers, and at least `min_decisive` samples (and
+    /// half of all) were decisive.
+    pub fn assert_safe(&self, min_decisive: usize) {
+        assert_eq!(self.both_writable, 0, "both servers were writable at the same time: {self:?}");
+        assert!(
+            self.decisive() >= min_decisive && self.decisive() * 2 >= self.samples,
+            "too few decisive split-brain samples to conclude anything: {self:?} (need {min_decisive} and half)"
+        );
+    }
+}
+
+/// One server's answer to "do you accept writes?".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Writable {
+    Yes,
+    /// In recovery, or refusing connections: it cannot take a write now.
+    No,
+    /// No answer within the deadline: it may or may not be taking writes.
+    Unknown,
+}
+
 impl SplitBrainSampler {
     pub fn start(c: &Cluster) -> SplitBrainSampler {
-        let both = Arc::new(AtomicUsize::new(0));
+        let counts = Arc::new(Counts::default());
         let stop = tokio_util::sync::CancellationToken::new();
         let (a, b) = (c.node("a").conninfo(), c.node("b").conninfo());
         let task = {
-            let (both, stop) = (both.clone(), stop.clone());
+            let (counts, stop) = (counts.clone(), stop.clone());
             tokio::spawn(async move {
                 while !stop.is_cancelled() {
                     let (wa, wb) = tokio::join!(writable(a.clone()), writable(b.clone()));
-                    if wa && wb {
-                        both.fetch_add(1, Ordering::SeqCst);
+                    counts.samples.fetch_add(1, Ordering::SeqCst);
+                    match (wa, wb) {
+                        (Writable::Yes, Writable::Yes) => _ = counts.both_writable.fetch_add(1, Ordering::SeqCst),
+                        (Writable::No, _) | (_, Writable::No) => {}
+                        _ => _ = counts.undecided.fetch_add(1, Ordering::SeqCst),
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             })
         };
-        SplitBrainSampler { both, stop, task }
+        SplitBrainSampler { counts, stop, task }
     }
 
-    /// Stops sampling; how many samples saw two writable servers.
-    pub async fn stop(self) -> usize {
+    /// Stops sampling; what the samples saw.
+    pub async fn stop(self) -> SplitBrainReport {
         self.stop.cancel();
         let _ = self.task.await;
-        self.both.load(Ordering::SeqCst)
+        let load = |n: &AtomicUsize| n.load(Ordering::SeqCst);
+        SplitBrainReport {
+            samples: load(&self.counts.samples),
+            both_writable: load(&self.counts.both_writable),
+            undecided: load(&self.counts.undecided),
+        }
     }
 }
 
-/// Whether the server behind `conninfo` answers within 0.5 s and is not in recovery.
-async fn writable(conninfo: String) -> bool {
-    let Ok(Ok((client, connection))) =
-        tokio::time::timeout(Duration::from_millis(500), tokio_postgres::connect(&conninfo, tokio_postgres::NoTls))
-            .await
-    else {
-        return false;
+/// Nothing listens on the port, or the server says it is starting up or shutting down.
+fn refuses_writes(e: &tokio_postgres::Error) -> bool {
+    if let Some(code) = e.code() {
+        return *code == tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW;
+    }
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+}
+
+/// Whether the server behind `conninfo` accepts writes, asked with a 500 ms deadline per step.
+async fn writable(conninfo: String) -> Writable {
+    const DEADLINE: Duration = Duration::from_millis(500);
+    let client = match tokio::time::timeout(DEADLINE, tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)).await {
+        Ok(Err(e)) if refuses_writes(&e) => return Writable::No,
+        Err(_) | Ok(Err(_)) => return Writable::Unknown,
+        Ok(Ok((client, connection))) => {
+            tokio::spawn(connection);
+            client
+        }
     };
-    tokio::spawn(connection);
-    matches!(
-        tokio::time::timeout(Duration::from_millis(500), client.query_one("SELECT pg_is_in_recovery()", &[])).await,
-        Ok(Ok(row)) if !row.get::<_, bool>(0)
-    )
+    match tokio::time::timeout(DEADLINE, client.query_one("SELECT pg_is_in_recovery()", &[])).await {
+        Ok(Ok(row)) if row.get::<_, bool>(0) => Writable::No,
+        Ok(Ok(_)) => Writable::Yes,
+        _ => Writable::Unknown,
+    }
 }
 
 pub struct Options {
@@ -121,6 +185,23 @@ pub struct Options {
     /// `b`) through a `testkit::proxy` per direction, so tests can add latency or cut links
     /// with [`Cluster::set_links`]. Loopback only.
     pub link_proxies: bool,
+}
+
+impl Options {
+    /// This test's pair policy on top of the topology's config.
+    fn apply(&self, pair: &mut PairConfig) -> anyhow::Result<()> {
+        let duration = |s: &str| humantime::parse_duration(s).with_context(|| format!("duration {s:?}"));
+        pair.durability = match self.durability {
+            "required" => Durability::Required,
+            "preferred" => Durability::Preferred,
+            other => anyhow::bail!("durability {other:?}"),
+        };
+        pair.failover_debounce = duration(self.failover_debounce)?;
+        pair.auto_failover = self.auto_failover;
+        pair.switchover_rejoin_timeout = duration(self.switchover_rejoin_timeout)?;
+        pair.primary_down_timeout = duration(self.primary_down_timeout)?;
+        Ok(())
+    }
 }
 
 impl Default for Options {
@@ -244,23 +325,6 @@ impl Drop for Cluster {
     }
 }
 
-fn pg_section(node: &PgNode, peer: &PgNode, peer_port: u16, root: bool) -> String {
-    let run_as = if root { "run_as = \"postgres\"\n" } else { "" };
-    format!(
-        "[pairs.postgres]\nhost = \"{}\"\ndata_dir = \"{}\"\nbin_dir = \"{}\"\nport = {}\nlog_file = \"{}\"\nsocket_dir = \"{}\"\n{run_as}\n\
-         [[pairs.peers]]\nregion = \"{}\"\nhost = \"{}\"\nport = {}\n\n",
-        node.host,
-        node.data_dir.display(),
-        node.bin_dir.display(),
-        node.port,
-        node.log_file.display(),
-        node.socket_dir.display(),
-        peer.name,
-        peer.host,
-        peer_port
-    )
-}
-
 impl Cluster {
     pub async fn start(options: Options) -> anyhow::Result<Cluster> {
         testkit::install_crypto_provider();
@@ -272,7 +336,7 @@ impl Cluster {
         if let Some(network) = &network {
             for region in ["a", "b"] {
                 let host = network.host(region);
-                pg = pg.place(region, host.addr, &host.netns);
+                pg = pg.place(region, host.addr.into(), host.netns.launcher());
             }
         }
         let pg = pg.start().await?;
@@ -295,25 +359,16 @@ impl Cluster {
                 )),
                 synchronous_standby_names: vec!["a".into()],
             })?;
-            let mut reload = pg.standby.command("pg_ctl");
-            reload.arg("reload").arg("-D").arg(&pg.standby.data_dir);
-            testkit::os::run(reload)?;
+            pg.standby.reload()?;
             pg.wait_streaming(true, Duration::from_secs(30)).await?;
         }
         let gateway = network.as_ref().map_or(Ipv4Addr::LOCALHOST, Network::gateway);
-        let pdns = PowerDns::builder().health_check_interval(1).start().await?;
+        let pdns = PowerDns::builder().health_check_interval(topology::HEALTH_CHECK_SECS).start().await?;
         let dir = tempfile::Builder::new().prefix("continuum-e2e-").tempdir()?;
         let d = dir.path();
         std::fs::write(d.join("pdm.token"), format!("{PDM_TOKEN}\n"))?;
         std::fs::write(d.join("tokens.toml"), tokens_toml())?;
-        let pdm_config = pdm::Config::from_toml(&format!(
-            "listen = \"{gateway}:0\"\ntoken_file = \"{}\"\n[powerdns]\napi_url = \"{}\"\napi_key = \"{}\"\n\
-             dns_addr = \"{}\"\nhealth_check_interval = \"1s\"\n[zones]\ndefault_nameservers = [\"ns1.continuum.invalid.\"]\n",
-            d.join("pdm.token").display(),
-            pdns.api_url,
-            pdns.api_key,
-            pdns.dns_addr
-        ))?;
+        let pdm_config = topology::pdm_config(SocketAddr::from((gateway, 0)), &d.join("pdm.token"), &pdns)?;
         let server = pdm::Server::bind(&pdm_config).await?;
         let pdm_url = format!("http://{}", server.local_addr());
         let (pdm_stop, stopped) = oneshot::channel::<()>();
@@ -328,82 +383,65 @@ impl Cluster {
         pdm.create_zone(&pdm::CreateZoneRequest { name: ZONE.into(), nameservers: vec![] }).await?;
 
         let ca = continuum::pki::LocalCa::new(d)?;
-        let raft_ports: BTreeMap<&str, u16> =
-            [("a", testkit::free_port()), ("b", testkit::free_port()), ("w", testkit::free_port())].into();
-        let root = testkit::os::postgres_user()?.is_some();
-        let mut daemons = BTreeMap::new();
-        for (id, region) in [(1, "a"), (2, "b"), (3, "w")] {
-            let files = ca.node_with_addresses(region, &[host_of(region)])?;
-            let witness = region == "w";
-            let mut text = format!(
-                "region = \"{region}\"\nrole = \"{}\"\n\n[raft]\nnode_id = {id}\nlisten = \"{}:{}\"\n\
-                 data_dir = \"{}\"\n{}\n",
-                if witness { "witness" } else { "data" },
-                host_of(region),
-                raft_ports[region],
-                d.join(format!("raft-{region}")).display(),
-                if options.default_timings { "" } else { RAFT_FAST }
-            );
-            for (pid, pregion) in [(1, "a"), (2, "b"), (3, "w")] {
-                text += &format!(
-                    "[[raft.peers]]\nid = {pid}\nregion = \"{pregion}\"\naddress = \"{}:{}\"\nwitness = {}\n",
-                    host_of(pregion),
-                    raft_ports[pregion],
-                    pregion == "w"
-                );
-                if options.link_proxies && pregion != region {
-                    let proxy = Proxy::start(SocketAddr::from((Ipv4Addr::LOCALHOST, raft_ports[pregion]))).await?;
-                    text += &format!("dial = \"{}\"\n", proxy.addr());
-                    links.push(proxy);
+        let mut nodes = Vec::new();
+        for region in ["a", "b", "w"] {
+            let data = match region {
+                "w" => None,
+                _ => {
+                    let (node, peer) =
+                        if region == "a" { (&pg.primary, &pg.standby) } else { (&pg.standby, &pg.primary) };
+                    let port = pg_port[&(node.name.as_str(), peer.name.as_str())];
+                    let peer = PgPeerConfig { region: peer.name.clone(), host: peer.host.clone(), port };
+                    Some(DataNode { server: node.clone(), peer })
                 }
-                text += "\n";
+            };
+            let tls = ca.node_with_addresses(region, &[host_of(region)])?;
+            let (raft_port, api_port) = (testkit::free_port(), Some(testkit::free_port()));
+            nodes.push(Node {
+                region: region.into(),
+                host: host_of(region),
+                raft_port,
+                api_port,
+                tls,
+                data,
+                dial: BTreeMap::new(),
+            });
+        }
+        if options.link_proxies {
+            for i in 0..nodes.len() {
+                for j in 0..nodes.len() {
+                    if i != j {
+                        let target = SocketAddr::from((Ipv4Addr::LOCALHOST, nodes[j].raft_port));
+                        let proxy = Proxy::start(target).await?;
+                        let to = nodes[j].region.clone();
+                        nodes[i].dial.insert(to, proxy.addr().to_string());
+                        links.push(proxy);
+                    }
+                }
             }
-            text += &format!(
-                "[tls]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n\n[lease]\n{}\n",
-                files.cert.display(),
-                files.key.display(),
-                files.ca.display(),
-                if options.default_timings { "" } else { LEASE_FAST }
-            );
-            let api_port = testkit::free_port();
-            if !witness {
-                let (node, peer) = if region == "a" { (&pg.primary, &pg.standby) } else { (&pg.standby, &pg.primary) };
-                text += &format!(
-                    "[[pairs]]\nname = \"app\"\ndurability = \"{}\"\nfailover_debounce = \"{}\"\nauto_failover = {}\n\
-                     switchover_rejoin_timeout = \"{}\"\nprimary_down_timeout = \"{}\"\n\n",
-                    options.durability,
-                    options.failover_debounce,
-                    options.auto_failover,
-                    options.switchover_rejoin_timeout,
-                    options.primary_down_timeout
-                );
-                text += &pg_section(node, peer, pg_port[&(node.name.as_str(), peer.name.as_str())], root);
-                text += &format!(
-                    "[pairs.dns]\nrecord = \"db\"\nttl = 1\naddresses = {{ a = \"{}\", b = \"{}\" }}\n\n",
-                    address_of("a"),
-                    address_of("b")
-                );
-                text += &format!(
-                    "[pdm]\nurl = \"{pdm_url}\"\ntoken_file = \"{}\"\nzone = \"{ZONE}\"\n\n\
-                     [api]\nlisten = \"{}:{api_port}\"\ntokens_file = \"{}\"\n\n[audit]\nlog = \"{}\"\n",
-                    d.join("pdm.token").display(),
-                    host_of(region),
-                    d.join("tokens.toml").display(),
-                    d.join(format!("audit-{region}.log")).display()
-                );
-            } else {
-                text += &format!(
-                    "[api]\nlisten = \"{}:{api_port}\"\ntokens_file = \"{}\"\n",
-                    host_of(region),
-                    d.join("tokens.toml").display()
-                );
+        }
+        let topology = Topology {
+            dir: d.to_path_buf(),
+            nodes,
+            timings: (!options.default_timings).then(Timings::fast),
+            addresses: ["a", "b"].map(|r| (r.to_string(), address_of(r).to_string())).into(),
+            pdm_url,
+            pdm_token_file: d.join("pdm.token"),
+            zone: ZONE.into(),
+            tokens_file: d.join("tokens.toml"),
+        };
+        let mut daemons = BTreeMap::new();
+        for (node, mut config) in topology.nodes.iter().zip(topology.configs()?) {
+            for pair in &mut config.pairs {
+                options.apply(pair)?;
             }
-            let config = d.join(format!("{region}.toml"));
-            std::fs::write(&config, text)?;
+            let region = node.region.as_str();
+            let path = d.join(format!("{region}.toml"));
+            topology::write(&config, &path)?;
             let mut daemon = Daemon {
                 region: region.into(),
-                config,
-                api: format!("http://{}:{api_port}", host_of(region)),
+                config: path,
+                api: format!("http://{}:{}", node.host, node.api_port.expect("every node serves an API")),
                 log: d.join(format!("{region}.log")),
                 child: None,
                 env: Vec::new(),

@@ -2,6 +2,7 @@
 //! `nats-server` with JetStream, and token fixtures.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -10,6 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use continuum::Error;
+use continuum::api::validate;
 use continuum::api::*;
 use continuum::auth::{Caller, TokenStore, token_sha256_hex};
 use continuum::config::{Durability, Takeover};
@@ -37,7 +39,9 @@ pub fn tokens_toml() -> String {
 
 /// An orchestrator for one pair `app` over regions `a` (holder), `b` (sync standby, eligible) and
 /// `c` (lagging, ineligible). It records every call, so tests can prove a rejected request never
-/// reached it, and walks a switchover through all steps at once.
+/// reached it, and walks a switchover through all steps at once. Requests are checked by the
+/// daemon's own `api::validate`, so a bad request gets the status the daemon gives it; what the
+/// fake cannot know (a measured write gap) it leaves unset rather than inventing it.
 pub struct MemoryOrchestrator {
     calls: Mutex<Vec<String>>,
     state: Mutex<PairState>,
@@ -49,6 +53,9 @@ struct PairState {
     epoch: u64,
     history: Vec<SwitchoverRecord>,
 }
+
+/// The fake pair's regions.
+pub const REGIONS: [&str; 3] = ["a", "b", "c"];
 
 pub const INELIGIBLE_REASON: &str = "replay lag 20971520 bytes exceeds max_lag_bytes 16777216";
 
@@ -73,12 +80,17 @@ impl MemoryOrchestrator {
         self.calls.lock().unwrap().push(call);
     }
 
+    /// The daemon's request checks: the pair named (if any) exists, the target is a region.
+    fn validate(&self, pair: Option<&str>, to: &str) -> Result<(), Error> {
+        validate::pair(&BTreeMap::from([("app".to_string(), ())]), pair)?;
+        validate::target(to, &REGIONS)
+    }
+
     fn eligibility(&self, holder: &str, to: &str) -> Result<(), Error> {
         match to {
             _ if to == holder => Err(Error::Conflict { reason: format!("{to} already holds the lease") }),
-            "a" | "b" => Ok(()),
             "c" => Err(Error::Ineligible { region: to.into(), reason: INELIGIBLE_REASON.into() }),
-            other => Err(Error::NotFound { what: format!("region {other:?}") }),
+            _ => Ok(()),
         }
     }
 }
@@ -119,10 +131,10 @@ impl Orchestrator for MemoryOrchestrator {
 
     async fn plan(&self, request: &PlanRequest) -> Result<Plan, Error> {
         self.record(format!("plan:{}", request.to));
+        self.validate(request.pair.as_deref(), &request.to)?;
         let state = self.state.lock().unwrap();
         let blockers = match self.eligibility(&state.holder, &request.to) {
             Ok(()) => vec![],
-            Err(Error::NotFound { what }) => return Err(Error::NotFound { what }),
             Err(e) => vec![e.to_string()],
         };
         let steps = Step::ALL
@@ -151,6 +163,7 @@ impl Orchestrator for MemoryOrchestrator {
 
     async fn start_switchover(&self, request: &SwitchoverRequest, caller: &Caller) -> Result<Uuid, Error> {
         self.record(format!("switchover:{}", request.to));
+        self.validate(request.pair.as_deref(), &request.to)?;
         let mut state = self.state.lock().unwrap();
         self.eligibility(&state.holder, &request.to)?;
         let id = Uuid::new_v4();
@@ -188,7 +201,7 @@ impl Orchestrator for MemoryOrchestrator {
             epoch_before: state.epoch,
             epoch_after: Some(state.epoch + 1),
             steps,
-            write_gap_ms: Some(180),
+            write_gap_ms: None,
             error: None,
         };
         state.holder = request.to.clone();

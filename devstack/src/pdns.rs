@@ -6,10 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-
 use crate::ports::free_port;
 use crate::wait::wait_for;
+use crate::{Error, Result, io};
 
 const SCHEMA: &str = "/usr/share/pdns-backend-sqlite3/schema/schema.sqlite3.sql";
 
@@ -18,6 +17,7 @@ const SCHEMA: &str = "/usr/share/pdns-backend-sqlite3/schema/schema.sqlite3.sql"
 #[derive(Debug, Clone, Default)]
 pub struct PowerDnsBuilder {
     settings: Vec<(String, String)>,
+    parent: Option<PathBuf>,
 }
 
 impl PowerDnsBuilder {
@@ -32,32 +32,39 @@ impl PowerDnsBuilder {
         self.setting("lua-health-checks-interval", &seconds.to_string())
     }
 
+    /// Where the server's own temporary directory is created; default the system's.
+    pub fn parent(mut self, dir: &Path) -> Self {
+        self.parent = Some(dir.to_path_buf());
+        self
+    }
+
     /// Starts the server and waits until both its API and its DNS port answer.
-    pub async fn start(self) -> anyhow::Result<PowerDns> {
+    pub async fn start(self) -> Result<PowerDns> {
         crate::install_crypto_provider();
         let binary = std::env::var_os("CONTINUUM_PDNS_SERVER")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("/usr/sbin/pdns_server"));
         if !binary.exists() {
-            bail!("{} not found (install pdns-server and pdns-backend-sqlite3)", binary.display());
+            return Err(Error::Missing {
+                what: format!("{} not found (install pdns-server and pdns-backend-sqlite3)", binary.display()),
+            });
         }
-        let api_key = random_key();
+        let api_key = crate::random_hex(16);
         let mut attempt = 0;
         loop {
-            let dir = tempfile::Builder::new().prefix("continuum-pdns-").tempdir().context("create temp dir")?;
+            let dir = crate::temp_dir(self.parent.as_deref(), "continuum-pdns-")?;
             create_database(dir.path())?;
-            let dns_port = free_port();
-            let api_port = free_port();
+            let (dns_port, api_port) = (free_port()?, free_port()?);
             write_config(dir.path(), dns_port, api_port, &api_key, &self.settings)?;
             let log_file = dir.path().join("pdns.log");
-            let log = std::fs::File::create(&log_file).context("create pdns.log")?;
+            let log = std::fs::File::create(&log_file).map_err(io("create pdns.log"))?;
             let child = Command::new(&binary)
                 .arg(format!("--config-dir={}", dir.path().display()))
                 .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
+                .stdout(log.try_clone().map_err(io("pdns.log"))?)
                 .stderr(log)
                 .spawn()
-                .with_context(|| format!("spawn {}", binary.display()))?;
+                .map_err(io(format!("spawn {}", binary.display())))?;
             let mut server = PowerDns {
                 api_url: format!("http://127.0.0.1:{api_port}"),
                 api_key: api_key.clone(),
@@ -69,10 +76,16 @@ impl PowerDnsBuilder {
             match server.wait_ready(Duration::from_secs(20)).await {
                 Ok(()) => return Ok(server),
                 Err(e) if attempt < 5 && server.log().contains("Unable to bind") => {
-                    tracing::warn!("PowerDNS port taken, retrying: {e:#}");
+                    tracing::warn!("PowerDNS port taken, retrying: {e}");
                     attempt += 1;
                 }
-                Err(e) => return Err(e.context(format!("PowerDNS log:\n{}", server.log()))),
+                Err(e) => {
+                    return Err(Error::Start {
+                        what: "start PowerDNS".into(),
+                        log: crate::os::log_tail(&server.log_file, 20),
+                        source: Box::new(e),
+                    });
+                }
             }
         }
     }
@@ -98,7 +111,7 @@ impl PowerDns {
     }
 
     /// A server with PowerDNS' default settings.
-    pub async fn start() -> anyhow::Result<PowerDns> {
+    pub async fn start() -> Result<PowerDns> {
         Self::builder().start().await
     }
 
@@ -116,8 +129,8 @@ impl PowerDns {
         std::fs::read_to_string(&self.log_file).unwrap_or_default()
     }
 
-    async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+    async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().map_err(Error::Http)?;
         let url = format!("{}/api/v1/servers/localhost", self.api_url);
         let dns_addr = self.dns_addr;
         let key = self.api_key.clone();
@@ -127,7 +140,7 @@ impl PowerDns {
             let request = http.get(&url).header("X-API-Key", &key).send();
             async move {
                 if let Some(status) = exited {
-                    bail!("pdns_server exited with {status}");
+                    return Err(format!("pdns_server exited with {status}"));
                 }
                 let api_up = matches!(request.await, Ok(r) if r.status().is_success());
                 let dns_up = tokio::net::TcpStream::connect(dns_addr).await.is_ok();
@@ -136,8 +149,10 @@ impl PowerDns {
         })
         .await
     }
+}
 
-    fn kill(&mut self) {
+impl Drop for PowerDns {
+    fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -145,37 +160,30 @@ impl PowerDns {
     }
 }
 
-impl Drop for PowerDns {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn create_database(dir: &Path) -> anyhow::Result<()> {
-    let schema =
-        std::fs::read_to_string(SCHEMA).with_context(|| format!("read {SCHEMA} (install pdns-backend-sqlite3)"))?;
+fn create_database(dir: &Path) -> Result<()> {
+    let schema = std::fs::read_to_string(SCHEMA)
+        .map_err(|source| Error::Io { what: format!("read {SCHEMA} (install pdns-backend-sqlite3)"), source })?;
     let mut cmd = Command::new("sqlite3");
     cmd.arg(dir.join("pdns.sqlite3")).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().context("spawn sqlite3 (install sqlite3)")?;
+    let mut child = cmd.spawn().map_err(io("spawn sqlite3 (install sqlite3)"))?;
     {
         use std::io::Write;
         let mut stdin = child.stdin.take().expect("piped stdin");
-        stdin.write_all(schema.as_bytes()).context("feed schema to sqlite3")?;
+        stdin.write_all(schema.as_bytes()).map_err(io("feed the schema to sqlite3"))?;
     }
-    let out = child.wait_with_output()?;
+    let out = child.wait_with_output().map_err(io("wait for sqlite3"))?;
     if !out.status.success() {
-        bail!("sqlite3 failed to load the PowerDNS schema: {}", String::from_utf8_lossy(&out.stderr));
+        return Err(Error::Command {
+            command: "sqlite3 < schema.sqlite3.sql".into(),
+            status: out.status,
+            stdout: String::new(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(())
 }
 
-fn write_config(
-    dir: &Path,
-    dns_port: u16,
-    api_port: u16,
-    api_key: &str,
-    extra: &[(String, String)],
-) -> anyhow::Result<()> {
+fn write_config(dir: &Path, dns_port: u16, api_port: u16, api_key: &str, extra: &[(String, String)]) -> Result<()> {
     let mut settings: Vec<(String, String)> = [
         ("launch", "gsqlite3".to_string()),
         ("gsqlite3-database", dir.join("pdns.sqlite3").display().to_string()),
@@ -205,11 +213,5 @@ fn write_config(
         settings.push((key.clone(), value.clone()));
     }
     let text: String = settings.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
-    std::fs::write(dir.join("pdns.conf"), text).context("write pdns.conf")
-}
-
-fn random_key() -> String {
-    use rand::Rng;
-    let mut rng = rand::rng();
-    (0..32).map(|_| format!("{:x}", rng.random_range(0..16u8))).collect()
+    std::fs::write(dir.join("pdns.conf"), text).map_err(io("write pdns.conf"))
 }
