@@ -1,8 +1,9 @@
 //! End to end: every metric name the Helm chart's alert rules and Grafana dashboard use
 //! (`charts/continuum/templates/prometheusrule.yaml`, `charts/continuum/dashboards/continuum.json`)
-//! is exposed by a real daemon set: a data daemon's and the witness's `/metrics`, scraped once the
-//! pair is up with a synchronous standby. A family is exposed when its `# TYPE` line is there,
-//! even before it has a sample (a counter that never counted); counters answer to `_total`,
+//! is exposed by a real daemon set: the data daemons' and the witness's `/metrics`. A family shows
+//! up only once it has a sample, so the test makes each happen for real: a refused API call (an
+//! error), a planned switchover a → b (switchover and step durations), and the new holder cut off
+//! from the quorum by freezing a and the witness (a fence). Counters answer to `_total`,
 //! histograms to `_bucket`, `_sum` and `_count`.
 
 mod common;
@@ -12,6 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::cluster::{Cluster, Options, sync_standby_of};
+use continuum::api::SwitchoverState;
 
 /// Metric names a rule or panel may use for each `# TYPE` line of an exposition.
 fn exposed(text: &str) -> BTreeSet<String> {
@@ -47,6 +49,11 @@ fn used(path: &PathBuf) -> BTreeSet<String> {
     names
 }
 
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill has no memory preconditions; the pid is our child's.
+    unsafe { libc::kill(pid as i32, sig) };
+}
+
 async fn scrape(c: &Cluster, region: &str) -> String {
     let api = &c.daemons[region].api;
     let response = c.http.get(format!("{api}/metrics")).send().await.unwrap().error_for_status().unwrap();
@@ -65,22 +72,39 @@ async fn every_metric_the_chart_uses_exists_in_a_real_daemon() {
         .await
         .unwrap();
     c.wait_ready("w").await.unwrap();
-    // The holder reports the standby's lag and its renewals once a round has run with it.
-    let http = c.http.clone();
-    let api = c.daemons["a"].api.clone();
-    testkit::wait_until("a's metrics show the standby's lag", Duration::from_secs(30), || {
+
+    // An error the API handles (and counts): an unknown switchover.
+    let unknown = format!("{}/v1/switchovers/00000000-0000-0000-0000-000000000000", c.daemons["a"].api);
+    let response = c.http.get(unknown).bearer_auth(common::VIEWER).send().await.unwrap();
+    assert_eq!(response.status(), 404);
+
+    let id = c.request_switchover("a", "b", "chart metrics").await;
+    let record = c.wait_switchover_finished("a", &id, Duration::from_secs(60)).await;
+    assert_eq!(record.state, SwitchoverState::Succeeded, "{record:?}\n{}", c.logs());
+    c.wait_pair("b holds the lease with a as sync standby", Duration::from_secs(60), |p| sync_standby_of(p, "b", "a"))
+        .await
+        .unwrap();
+    let mut names = exposed(&scrape(&c, "a").await);
+
+    // b cut off from the quorum fences its primary before its lease deadline.
+    let frozen: Vec<u32> = ["a", "w"].iter().map(|r| c.daemons[*r].pid().unwrap()).collect();
+    for pid in &frozen {
+        signal(*pid, libc::SIGSTOP);
+    }
+    let (http, api) = (c.http.clone(), c.daemons["b"].api.clone());
+    let fenced = testkit::wait_for("b counts a fence", Duration::from_secs(10), || {
         let request = http.get(format!("{api}/metrics")).send();
         async move {
             let text = request.await?.text().await?;
-            Ok(text.contains("continuum_replication_lag_bytes{")
-                && text.contains("continuum_lease_renew_latency_seconds_count{"))
+            Ok(text.contains("continuum_fence_events_total{").then_some(text))
         }
     })
-    .await
-    .unwrap();
-
-    let mut names = exposed(&scrape(&c, "a").await);
-    names.extend(exposed(&scrape(&c, "b").await));
+    .await;
+    for pid in &frozen {
+        signal(*pid, libc::SIGCONT);
+    }
+    names.extend(exposed(&fenced.unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()))));
+    c.wait_ready("w").await.unwrap();
     let witness = exposed(&scrape(&c, "w").await);
     assert!(witness.contains("continuum_raft_leader_known"), "{witness:?}");
     names.extend(witness);
