@@ -7,10 +7,12 @@ schemas (kubernetes-validate, strict: unknown fields fail), custom resources aga
 they instantiate (CloudNativePG, Prometheus Operator, cert-manager, fetched from their Go modules
 by scripts/fetch-crds; unknown fields fail here too). Every PromQL expression of the alert rules
 and the dashboard must parse (promql-parser). values.schema.json must reject an unknown key and a
-wrong type. The daemon configuration rendered into the ConfigMap goes through
+wrong type. With a kube-apiserver at hand (scripts/build-kube), every object also goes through a
+server-side dry run with strict field validation (which also runs the CRDs' CEL rules). The
+daemon configuration rendered into the ConfigMap goes through
 `continuum check-config` when a built binary is at hand.
 
-Usage: check_charts.py --helm HELM --crds DIR [--continuum BIN]
+Usage: check_charts.py --helm HELM --crds DIR [--continuum BIN] [--kube-bin DIR]
 """
 
 import argparse
@@ -179,7 +181,7 @@ def sdk_lint(chart):
     return errors, result
 
 
-def check_chart(name, args, crd_schemas, failures):
+def check_chart(name, args, crd_schemas, failures, server=None):
     chart = CHARTS / name
     print(f"== {name}", flush=True)
     try:
@@ -217,6 +219,11 @@ def check_chart(name, args, crd_schemas, failures):
                     failures.check(False, f"{ident} (no schema)", e.message)
                 except kubernetes_validate.utils.ValidationError as e:
                     failures.check(False, f"{ident} (Kubernetes schema)", f"{e.message} at {'/'.join(map(str, e.absolute_path))}")
+        if server:
+            for doc in docs:
+                if doc["kind"] != "CustomResourceDefinition":
+                    err = server.dry_run(doc, NAMESPACE)
+                    failures.check(err is None, f"{what}: {doc['kind']}/{doc['metadata']['name']} server-side dry run", err)
         exprs = list(expressions(docs))
         for origin, expr in exprs:
             err = promql_errors(expr)
@@ -257,6 +264,7 @@ def main():
     parser.add_argument("--helm", required=True)
     parser.add_argument("--crds", required=True, help="directory of upstream CRD YAML files")
     parser.add_argument("--continuum", help="continuum binary for check-config (optional)")
+    parser.add_argument("--kube-bin", help="directory with kube-apiserver and etcd: server-side dry runs (optional)")
     args = parser.parse_args()
     started = time.monotonic()
     crd_files = sorted(Path(args.crds).glob("*.yaml")) + sorted((CHARTS / "continuum" / "crds").glob("*.yaml"))
@@ -270,8 +278,25 @@ def main():
         if needed not in crd_schemas:
             sys.exit(f"check-charts: no CRD schema for {needed} in {args.crds} (run scripts/fetch-crds)")
     failures = Failures()
-    for name in VALUE_SETS:
-        check_chart(name, args, crd_schemas, failures)
+    if args.kube_bin:
+        from apiserver import ApiServer
+
+        crd_docs = [
+            doc
+            for path in crd_files
+            for doc in yaml.safe_load_all(Path(path).read_text())
+            if doc and doc.get("kind") == "CustomResourceDefinition"
+        ]
+        t = time.monotonic()
+        with ApiServer(args.kube_bin) as server:
+            server.install_crds(crd_docs)
+            server.ensure_namespace(NAMESPACE)
+            print(f"kube-apiserver up with {len(crd_docs)} CRDs in {time.monotonic() - t:.1f} s", flush=True)
+            for name in VALUE_SETS:
+                check_chart(name, args, crd_schemas, failures, server)
+    else:
+        for name in VALUE_SETS:
+            check_chart(name, args, crd_schemas, failures)
     took = time.monotonic() - started
     if failures.items:
         print(f"check-charts: FAILED checks ({took:.1f} s):")
