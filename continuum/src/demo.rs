@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::Error;
 use crate::api::Status;
-use crate::orchestrator::lookup_user;
+use cnpg_pair::process::lookup_user;
 
 const ZONE: &str = "demo.continuum.test";
 const SCHEMA: &str = "/usr/share/pdns-backend-sqlite3/schema/schema.sqlite3.sql";
