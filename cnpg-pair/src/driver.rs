@@ -1,6 +1,7 @@
 //! The driver interface the daemon orchestrates. One implementation per way of running
-//! PostgreSQL: [`crate::plain::PlainDriver`] (the daemon manages the data directory) and, later,
-//! CloudNativePG (the daemon patches its region's `Cluster`).
+//! PostgreSQL. Today the crate holds only the plain driver, [`crate::plain::PlainDriver`] (the
+//! daemon manages the data directory); the CloudNativePG driver (the daemon patches its region's
+//! `Cluster`) is not written yet and will be the second implementation of [`PairDriver`].
 //!
 //! Each method is one step of §5 and is idempotent: after a crash between any two steps the
 //! daemon calls the same method again and gets the same result.

@@ -1,6 +1,8 @@
 //! The data-plane driver: observes a synchronous PostgreSQL pair, decides whether the standby is
-//! eligible for a lossless promotion, and fences, promotes and rejoins nodes (plain PostgreSQL
-//! now; CloudNativePG later behind the same [`PairDriver`] trait).
+//! eligible for a lossless promotion, and fences, promotes and rejoins nodes. Despite the crate's
+//! name it holds only the plain-PostgreSQL driver ([`PlainDriver`]) until the CloudNativePG
+//! driver lands behind the same [`PairDriver`] trait; [`process`] is the one place that starts
+//! and stops a server with `pg_ctl`.
 //!
 //! A planned switchover A → B at this level (the daemon adds the lease and DNS steps between):
 //! 1. `a.fence()` → [`FenceOutcome`] with the end of A's shutdown checkpoint;
@@ -23,6 +25,7 @@ mod error;
 mod lsn;
 pub mod observe;
 pub mod plain;
+pub mod process;
 mod sync;
 
 pub use driver::{
@@ -34,5 +37,6 @@ pub use lsn::{Lsn, LsnParseError, WalPosition};
 pub use observe::{
     Lag, Observed, Observer, PairSnapshot, PrimaryObservation, ReplicaStatus, StandbyObservation, SyncState,
 };
-pub use plain::{ControlData, PlainDriver, PlainNodeConfig, PlainTimeouts, RejoinPolicy, RunAs};
+pub use plain::{ControlData, PlainDriver, PlainNodeConfig, PlainTimeouts, RejoinPolicy};
+pub use process::RunAs;
 pub use sync::{Durability, StoreWriteError, SyncRecordStore};

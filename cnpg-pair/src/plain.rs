@@ -26,6 +26,8 @@ use crate::driver::{
 use crate::error::{Error, Result};
 use crate::lsn::{Lsn, WalPosition};
 use crate::observe::{self, Observed, parse_lsn, timeline_of_walfile};
+use crate::process;
+pub use crate::process::RunAs;
 use crate::sync::{self, Durability, SyncRecordStore, SyncSteps};
 
 /// Keys of this node's own settings. They live in `node.conf` only.
@@ -53,13 +55,8 @@ const SHUTDOWN_CHECKPOINT_RECORD_LEN: u64 = 114;
 /// for. With another version the fence reports no final position rather than a wrong one.
 const KNOWN_PG_CONTROL_VERSION: u64 = 1300;
 
-/// Who PostgreSQL binaries run as. PostgreSQL refuses to run as root, so a root daemon runs them
-/// as the `postgres` account.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RunAs {
-    pub uid: u32,
-    pub gid: u32,
-}
+/// Added to a `pg_ctl` wait for the command's hard deadline.
+const PG_CTL_GRACE: Duration = Duration::from_secs(2);
 
 /// One node in managed mode.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -369,39 +366,20 @@ impl PlainDriver {
         timed_on(&self.config.name, what, after, fut).await
     }
 
-    /// Runs a PostgreSQL binary as the PostgreSQL account; killed at the deadline.
-    async fn run_tool(&self, program: &str, args: Vec<OsString>, deadline: Duration) -> Result<Output> {
-        let shown = format!("{program} {}", args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" "));
-        let mut cmd = tokio::process::Command::new(self.config.bin_dir.join(program));
-        cmd.args(&args).current_dir("/").kill_on_drop(true);
-        cmd.env_remove("PGDATA").env_remove("PGPORT").env_remove("PGHOST").env("LC_ALL", "C");
-        cmd.stdin(std::process::Stdio::null());
-        if let Some(user) = self.config.run_as {
-            cmd.uid(user.uid).gid(user.gid);
+    /// This node as `pg_ctl` sees it.
+    pub fn server(&self) -> process::Server {
+        process::Server {
+            node: self.config.name.clone(),
+            bin_dir: self.config.bin_dir.clone(),
+            data_dir: self.config.data_dir.clone(),
+            log_file: self.config.log_file.clone(),
+            run_as: self.config.run_as,
         }
-        let output = match tokio::time::timeout(deadline, cmd.output()).await {
-            Err(_) => return Err(Error::Timeout { node: self.node(), what: "external command", after: deadline }),
-            Ok(Err(e)) => {
-                return Err(Error::Command { node: self.node(), command: shown, detail: format!("cannot run: {e}") });
-            }
-            Ok(Ok(output)) => output,
-        };
-        Ok(output)
     }
 
+    /// Runs a PostgreSQL binary as the PostgreSQL account; killed at the deadline.
     async fn run_tool_ok(&self, program: &str, args: Vec<OsString>, deadline: Duration) -> Result<Output> {
-        let shown = format!("{program} {}", args.first().map(|a| a.to_string_lossy()).unwrap_or_default());
-        let output = self.run_tool(program, args, deadline).await?;
-        if !output.status.success() {
-            let detail = format!(
-                "{}: {} {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim(),
-                String::from_utf8_lossy(&output.stdout).trim()
-            );
-            return Err(Error::Command { node: self.node(), command: shown, detail });
-        }
-        Ok(output)
+        process::run_tool_ok(&self.server(), program, args, deadline).await
     }
 
     fn data_dir_arg(&self) -> Vec<OsString> {
@@ -410,19 +388,7 @@ impl PlainDriver {
 
     /// Whether a postmaster runs on this data directory (`pg_ctl status`).
     pub async fn is_running(&self) -> Result<bool> {
-        let mut args: Vec<OsString> = vec!["status".into()];
-        args.extend(self.data_dir_arg());
-        let output = self.run_tool("pg_ctl", args, self.config.timeouts.query).await?;
-        // 0: running; 3: not running; 4: no accessible data directory.
-        match output.status.code() {
-            Some(0) => Ok(true),
-            Some(3) => Ok(false),
-            _ => Err(Error::Command {
-                node: self.node(),
-                command: "pg_ctl status".into(),
-                detail: format!("{}: {}", output.status, String::from_utf8_lossy(&output.stderr).trim()),
-            }),
-        }
+        process::is_running(&self.server(), self.config.timeouts.query).await
     }
 
     pub async fn control_data(&self) -> Result<ControlData> {
@@ -430,20 +396,8 @@ impl PlainDriver {
         ControlData::parse(&self.config.name, &String::from_utf8_lossy(&output.stdout))
     }
 
-    async fn pg_ctl_stop(&self, mode: &str, deadline: Duration) -> Result<()> {
-        let mut args: Vec<OsString> = vec!["stop".into()];
-        args.extend(self.data_dir_arg());
-        args.extend(["-m".into(), mode.into(), "-w".into(), "-t".into(), deadline_secs(deadline).into()]);
-        self.run_tool_ok("pg_ctl", args, deadline + Duration::from_secs(2)).await.map(|_| ())
-    }
-
     async fn pg_ctl_start(&self) -> Result<()> {
-        let mut args: Vec<OsString> = vec!["start".into()];
-        args.extend(self.data_dir_arg());
-        args.extend(["-l".into(), self.config.log_file.clone().into(), "-w".into()]);
-        args.extend(["-t".into(), deadline_secs(self.config.timeouts.start).into()]);
-        let deadline = self.config.timeouts.start + Duration::from_secs(2);
-        self.run_tool_ok("pg_ctl", args, deadline).await.map(|_| ())
+        process::start(&self.server(), self.config.timeouts.start + PG_CTL_GRACE).await
     }
 
     /// Stops the server if it runs: fast, then immediate, then SIGKILL. Returns how.
@@ -451,27 +405,17 @@ impl PlainDriver {
         if !self.is_running().await? {
             return Ok(None);
         }
-        match self.pg_ctl_stop("fast", self.config.timeouts.fast_stop).await {
+        let server = self.server();
+        match process::stop_fast(&server, self.config.timeouts.fast_stop + PG_CTL_GRACE).await {
             Ok(()) => return Ok(Some(FenceMethod::Fast)),
             Err(e) => tracing::warn!(node = %self.config.name, "fast shutdown failed, stopping immediately: {e}"),
         }
-        match self.pg_ctl_stop("immediate", self.config.timeouts.immediate_stop).await {
+        match process::stop_immediately(&server, self.config.timeouts.immediate_stop + PG_CTL_GRACE).await {
             Ok(()) => Ok(Some(FenceMethod::Immediate)),
             // The postmaster may have exited meanwhile (e.g. it had crashed and was a zombie).
             Err(_) if !self.is_running().await? => Ok(Some(FenceMethod::Immediate)),
-            Err(e) => {
-                let Some(pid) = self.postmaster_pid() else { return Err(e) };
-                tracing::error!(node = %self.config.name, pid, "immediate shutdown failed, killing the postmaster: {e}");
-                // SAFETY: kill has no memory-safety preconditions.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-                Ok(Some(FenceMethod::Immediate))
-            }
+            Err(e) => Err(e),
         }
-    }
-
-    fn postmaster_pid(&self) -> Option<i32> {
-        let text = std::fs::read_to_string(self.config.data_dir.join("postmaster.pid")).ok()?;
-        text.lines().next()?.trim().parse().ok()
     }
 
     fn io_err(&self, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
@@ -950,7 +894,7 @@ impl PairDriver for PlainDriver {
             .await?
             .get(0);
         if in_recovery {
-            let wait_seconds = deadline_secs(self.config.timeouts.promote).parse::<i32>().unwrap_or(i32::MAX);
+            let wait_seconds = i32::try_from(self.config.timeouts.promote.as_secs().max(1)).unwrap_or(i32::MAX);
             let deadline = self.config.timeouts.promote + Duration::from_secs(2);
             let promoted: bool = self
                 .timed("pg_promote", deadline, client.query_one("SELECT pg_promote(true, $1)", &[&wait_seconds]))
@@ -1072,10 +1016,6 @@ fn first_one(standby: &str) -> String {
 
 fn quote(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
-}
-
-fn deadline_secs(d: Duration) -> String {
-    d.as_secs().max(1).to_string()
 }
 
 /// `key = 'value'` / `key = value` (comments and blank lines give `None`).

@@ -474,9 +474,10 @@ fn print_status(status: &Status) {
 }
 
 fn print_plan(plan: &Plan) {
-    println!("plan for pair {}: {} -> {} (epoch {} -> {})", plan.pair, plan.from, plan.to, plan.epoch, plan.epoch + 1);
+    // Epochs are raft log indexes: the new one is higher, not known before the grant.
+    println!("plan for pair {}: {} -> {} (epoch {} -> a higher one)", plan.pair, plan.from, plan.to, plan.epoch);
     for (i, step) in plan.steps.iter().enumerate() {
-        println!("  {}. {:<11} [{}] {}", i + 1, step.step.as_str(), step.region, step.action);
+        println!("  {}. {:<12} [{}] {}", i + 1, step.step.as_str(), step.region, step.action);
         if let Some(reason) = &step.skipped {
             println!("       skipped: {reason}");
         }

@@ -13,77 +13,13 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::OnceLock;
 
-use serde::{Deserialize, Serialize};
+pub use crate::record::Step;
 
 /// Environment variable naming the failpoints to arm.
 pub const ENV: &str = "CONTINUUM_FAILPOINTS";
 
 /// Exit status of a process killed by a failpoint; distinct from every status the daemon uses.
 pub const EXIT_CODE: i32 = 86;
-
-/// The steps of a planned switchover (ARCHITECTURE §5), in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Step {
-    /// Write the switchover intent to the lease store.
-    Intent,
-    /// Stop the old primary (checkpoint, fast shutdown).
-    Fence,
-    /// Drain HTTP traffic (Gateway API); reported as skipped until that integration exists.
-    Drain,
-    /// Wait until the target replayed the old primary's shutdown checkpoint.
-    CatchUp,
-    /// Move the lease to the target (epoch + 1).
-    MoveLease,
-    /// Promote the target.
-    Promote,
-    /// Commit the new DNS record through PDM with the new epoch.
-    Dns,
-    /// The old primary rejoins as synchronous standby.
-    Rejoin,
-    /// Write the audit record of the whole operation.
-    Audit,
-}
-
-impl Step {
-    pub const ALL: [Step; 9] = [
-        Step::Intent,
-        Step::Fence,
-        Step::Drain,
-        Step::CatchUp,
-        Step::MoveLease,
-        Step::Promote,
-        Step::Dns,
-        Step::Rejoin,
-        Step::Audit,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Step::Intent => "intent",
-            Step::Fence => "fence",
-            Step::Drain => "drain",
-            Step::CatchUp => "catch_up",
-            Step::MoveLease => "move_lease",
-            Step::Promote => "promote",
-            Step::Dns => "dns",
-            Step::Rejoin => "rejoin",
-            Step::Audit => "audit",
-        }
-    }
-
-    /// Whether a failure at this step rolls the switchover back (before the lease moved) or
-    /// forward (after it did).
-    pub fn rolls_back(self) -> bool {
-        self < Step::MoveLease
-    }
-}
-
-impl fmt::Display for Step {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// One place the process can be told to die.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

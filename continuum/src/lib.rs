@@ -8,9 +8,12 @@
 //! - [`metrics`]: the Prometheus registry.
 //! - [`audit`]: fsynced JSON-lines log, shipped to NATS JetStream.
 //! - [`failpoint`]: named crash points at every switchover step edge.
-//! - [`switchover`]: the planned-switchover state machine over the replicated record.
-//! - [`orchestrator`]: the data region's [`api::Orchestrator`]: embedded lease node, control
-//!   loop per pair (renew and fence, sync standby, failover, switchover steps), witness.
+//! - [`record`]: the replicated switchover format ([`record::SwitchoverRecord`], [`record::Step`]).
+//! - [`switchover`]: the planned-switchover state machine over that record.
+//! - [`daemon`]: the data region's [`api::Orchestrator`]: embedded lease node and one control
+//!   loop per pair (observe → pure [`daemon::decide()`] → the holder, standby or switchover
+//!   step it names); see its docs for the path of one switchover through the files.
+//! - [`witness`]: the third site's voting node.
 //! - [`demo`]: `continuum demo`, the whole system on loopback; [`pki`]: its throwaway CA;
 //!   [`topology`]: typed configs of such a deployment (demo, e2e harness, benchmarks).
 //! - [`cli`]: the `continuum` command line (daemon and API client).
@@ -21,11 +24,12 @@ pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod demo;
 pub mod failpoint;
 pub mod metrics;
-pub mod orchestrator;
 pub mod pki;
+pub mod record;
 pub mod switchover;
 pub mod telemetry;
 pub mod topology;
@@ -67,6 +71,32 @@ pub enum Error {
     BadRequest { message: String },
     #[error("unavailable: {reason}")]
     Unavailable { reason: String },
+    /// A driver call failed; the source's class decides retry or stop ([`Error::is_unsafe`]).
+    #[error("{what}")]
+    Driver {
+        what: &'static str,
+        #[source]
+        source: cnpg_pair::Error,
+    },
+    /// A switchover step after the lease moved failed with an unsafe error: the switchover
+    /// failed and is not retried.
+    #[error("switchover {switchover}: step {step} is unsafe to go on with: {reason}")]
+    UnsafeStep { switchover: uuid::Uuid, step: crate::record::Step, reason: String },
+    /// A switchover record is stored but does not decode: nothing may act as if none were.
+    #[error("switchover record unreadable: {reason}")]
+    UnreadableRecord { reason: String },
+    #[error("lease store {op}")]
+    Lease {
+        op: &'static str,
+        #[source]
+        source: lease::LeaseError,
+    },
+    #[error("PDM commit with epoch {epoch}")]
+    Pdm {
+        epoch: u64,
+        #[source]
+        source: pdm::PdmError,
+    },
     #[error("`continuum {command}` is not available yet: {reason}")]
     NotYetAvailable { command: &'static str, reason: &'static str },
     #[error("cannot listen on {addr}")]
@@ -108,6 +138,11 @@ impl Error {
             Error::Conflict { .. } => "conflict",
             Error::BadRequest { .. } => "bad_request",
             Error::Unavailable { .. } => "unavailable",
+            Error::Driver { .. } => "driver",
+            Error::UnreadableRecord { .. } => "unreadable_record",
+            Error::UnsafeStep { .. } => "unsafe_step",
+            Error::Lease { .. } => "lease",
+            Error::Pdm { .. } => "pdm",
             Error::NotYetAvailable { .. } => "not_yet_available",
             Error::Bind { .. } => "bind",
             Error::Serve(_) => "serve",
@@ -116,6 +151,17 @@ impl Error {
             Error::Http { .. } => "http",
             Error::Api { .. } => "api",
             Error::Internal { .. } => "internal",
+        }
+    }
+
+    /// Whether going on could lose acknowledged commits or make a second writable primary (the
+    /// driver's [`cnpg_pair::ErrorClass::Unsafe`]): the pair's control loop stops and reports
+    /// instead of retrying.
+    pub fn is_unsafe(&self) -> bool {
+        match self {
+            Error::Driver { source, .. } => source.class() == cnpg_pair::ErrorClass::Unsafe,
+            Error::UnsafeStep { .. } => true,
+            _ => false,
         }
     }
 
@@ -142,7 +188,7 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 }
 
 /// Runs a data region's daemon (or the witness) until `shutdown` resolves: opens the audit log,
-/// starts the lease node and the orchestrator, serves the API. Configuration problems found here (e.g. an unreadable
+/// starts the lease node and the daemon's loops, serves the API. Configuration problems found here (e.g. an unreadable
 /// tokens file) are [`Error::Config`].
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
     // `Config::load` validated already; a config built in code gets the same checks.
@@ -175,8 +221,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     let (events, _) = broadcast::channel(256);
     let stop = CancellationToken::new();
     let daemon =
-        orchestrator::Daemon::start(&config, audit.clone(), metrics.clone(), events.clone(), readiness, stop.clone())
-            .await?;
+        daemon::Daemon::start(&config, audit.clone(), metrics.clone(), events.clone(), readiness, stop.clone()).await?;
     let state =
         ApiState { orchestrator: daemon.clone(), tokens, metrics, readiness: readiness_rx, shutdown: stop.clone() };
     tracing::info!(region = %config.region, %addr, tls = tls.is_some(), "API listening");

@@ -17,7 +17,7 @@ use prometheus_client::registry::{Registry, Unit};
 use tokio::sync::watch;
 
 use crate::Error;
-use crate::failpoint::Step;
+use crate::record::Step;
 
 /// The `Content-Type` of the metrics answer.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

@@ -12,10 +12,10 @@ use std::time::{Instant, SystemTime};
 use uuid::Uuid;
 
 use crate::Error;
-use crate::api::{StepRecord, StepState, SwitchoverKind, SwitchoverRecord, SwitchoverState};
 use crate::audit::{Audit, AuditEntry};
-use crate::failpoint::{self, Failpoint, Step};
+use crate::failpoint::{self, Failpoint};
 use crate::metrics::Metrics;
+use crate::record::{Step, StepRecord, StepState, SwitchoverKind, SwitchoverRecord, SwitchoverState};
 
 /// What a region's daemon should do about a switchover now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,12 +31,12 @@ pub enum Next {
 }
 
 /// The region whose daemon performs `step` of a switchover `from` → `to`. The old holder prepares
-/// and hands over the lease; the new holder promotes, publishes DNS and writes the closing audit
-/// record; the old primary then rejoins as its standby.
+/// and hands over the lease; the new holder promotes and publishes DNS; the old primary then
+/// rejoins as its standby, and the new holder makes it synchronous again.
 pub fn performer<'a>(step: Step, from: &'a str, to: &'a str) -> &'a str {
     match step {
         Step::Intent | Step::Fence | Step::Drain | Step::MoveLease | Step::Rejoin => from,
-        Step::CatchUp | Step::Promote | Step::Dns | Step::Audit => to,
+        Step::CatchUp | Step::Promote | Step::Dns | Step::RestoreSync => to,
     }
 }
 
@@ -92,11 +92,34 @@ pub enum StepOutcome {
     Done,
     /// Not applicable here, with the reason (e.g. no HTTPRoute drain configured).
     Skipped(String),
+    /// Retried (after the lease moved) or rolled back (before).
     Failed(String),
+    /// Going on could lose commits or make a second primary (an unsafe driver error). Before the
+    /// lease moved this rolls back like any failure; after, the switchover fails for an operator
+    /// to look at instead of being retried.
+    Unsafe(String),
+}
+
+/// What a performed step leaves in the record besides its outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acted {
+    pub outcome: StepOutcome,
+    /// Replaces the step's detail (e.g. the fence's final position).
+    pub detail: Option<String>,
+    /// The lease epoch the step acted under; after the lease moved, the target's real epoch
+    /// (raft log index), which becomes the record's `epoch_after`.
+    pub epoch: Option<u64>,
+    pub write_gap_ms: Option<u64>,
+}
+
+impl From<StepOutcome> for Acted {
+    fn from(outcome: StepOutcome) -> Self {
+        Acted { outcome, detail: None, epoch: None, write_gap_ms: None }
+    }
 }
 
 fn step_mut(record: &mut SwitchoverRecord, step: Step) -> &mut StepRecord {
-    record.steps.iter_mut().find(|s| s.step == step).expect("a record holds every step")
+    record.step_mut(step)
 }
 
 /// Marks `step` as running. Refuses a step that is not the next one: the record is shared, and
@@ -136,11 +159,16 @@ pub fn finish(record: &mut SwitchoverRecord, step: Step, outcome: StepOutcome, t
             entry.detail = Some(error.clone());
             record.error = Some(format!("{step}: {error}"));
         }
-    }
-    if step == Step::MoveLease
-        && matches!(record.steps.iter().find(|s| s.step == step).map(|s| s.state), Some(StepState::Done))
-    {
-        record.epoch_after = Some(record.epoch_before + 1);
+        StepOutcome::Unsafe(error) => {
+            entry.state = StepState::Failed;
+            entry.detail = Some(error.clone());
+            record.error = Some(format!("{step}: unsafe to go on: {error}"));
+            if !step.rolls_back() {
+                record.state = SwitchoverState::Failed;
+                record.finished_at = Some(SystemTime::now());
+                return;
+            }
+        }
     }
     if record.steps.iter().all(|s| matches!(s.state, StepState::Done | StepState::Skipped)) {
         record.state = SwitchoverState::Succeeded;
@@ -171,25 +199,47 @@ impl StepRunner {
     /// Performs `step` of `record` with `action`, and updates `record`. The caller stores the
     /// record. An audit failure is logged, never fatal: the local log is the daemon's own trail
     /// and must not roll a switchover back.
-    pub async fn run<F, Fut>(&self, record: &mut SwitchoverRecord, step: Step, action: F) -> Result<StepOutcome, Error>
+    pub async fn run<F, Fut, O>(
+        &self,
+        record: &mut SwitchoverRecord,
+        step: Step,
+        action: F,
+    ) -> Result<StepOutcome, Error>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = StepOutcome>,
+        Fut: Future<Output = O>,
+        O: Into<Acted>,
     {
         begin(record, step)?;
         failpoint::hit(Failpoint::Before(step));
         let started = Instant::now();
-        let outcome =
-            if failpoint::fails(step) { StepOutcome::Failed(format!("failpoint fail_{step}")) } else { action().await };
+        let acted = if failpoint::fails(step) {
+            StepOutcome::Failed(format!("failpoint fail_{step}")).into()
+        } else {
+            action().await.into()
+        };
+        let Acted { outcome, detail, epoch, write_gap_ms } = acted;
         let took = started.elapsed();
         failpoint::hit(Failpoint::After(step));
         let label = match &outcome {
             StepOutcome::Done => "done",
             StepOutcome::Skipped(_) => "skipped",
-            StepOutcome::Failed(_) => "failed",
+            StepOutcome::Failed(_) | StepOutcome::Unsafe(_) => "failed",
         };
         self.metrics.observe_step(step, label, took);
         finish(record, step, outcome.clone(), u64::try_from(took.as_millis()).unwrap_or(u64::MAX));
+        if let Some(detail) = detail {
+            step_mut(record, step).detail = Some(detail);
+        }
+        if write_gap_ms.is_some() {
+            record.write_gap_ms = write_gap_ms;
+        }
+        if let Some(epoch) = epoch
+            && !step.rolls_back()
+            && epoch != record.epoch_before
+        {
+            record.epoch_after = Some(epoch);
+        }
         let mut entry = AuditEntry::new(
             "switchover.step",
             serde_json::json!({
@@ -201,7 +251,7 @@ impl StepRunner {
             }),
         );
         entry.pair = Some(record.pair.clone());
-        entry.epoch = Some(record.epoch_after.unwrap_or(record.epoch_before));
+        entry.epoch = Some(epoch.or(record.epoch_after).unwrap_or(record.epoch_before));
         entry.actor = Some(record.requested_by.clone());
         if let Err(error) = self.audit.append(entry).await {
             self.metrics.count_error(&error);
@@ -241,7 +291,8 @@ mod tests {
         assert_eq!(next_for(&record, "b"), Next::Wait);
         drive(&mut record, None);
         assert_eq!(record.state, SwitchoverState::Succeeded);
-        assert_eq!(record.epoch_after, Some(8));
+        // Only the target's real grant sets it (see the step runner test).
+        assert_eq!(record.epoch_after, None);
         assert!(record.steps.iter().all(|s| s.state == StepState::Done));
     }
 
@@ -293,7 +344,13 @@ mod tests {
         runner.run(&mut record, Step::Fence, || async { StepOutcome::Done }).await.unwrap();
         runner.run(&mut record, Step::Drain, || async { skipped }).await.unwrap();
         // Out of order: refused before the action runs.
-        let refused = runner.run(&mut record, Step::Promote, || async { panic!("must not run") }).await;
+        let refused = runner
+            .run(&mut record, Step::Promote, || async {
+                panic!("must not run");
+                #[allow(unreachable_code)]
+                StepOutcome::Done
+            })
+            .await;
         assert!(matches!(refused, Err(Error::Conflict { .. })));
         drop(runner);
         tasks.shutdown().await;
@@ -315,6 +372,58 @@ mod tests {
         assert!(
             text.contains("continuum_switchover_step_duration_seconds_count{step=\"drain\",outcome=\"skipped\"} 1")
         );
+    }
+
+    #[tokio::test]
+    async fn the_targets_real_epoch_becomes_epoch_after_and_tags_its_audit_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("audit.log");
+        let metrics = Metrics::new();
+        let (audit, tasks) = Audit::open(&crate::config::AuditConfig::local(&log), "a", metrics.clone()).unwrap();
+        let runner = StepRunner { metrics, audit };
+        let mut record = new_record("app", "a", "b", "", "olivia", 7);
+        for step in [Step::Intent, Step::Fence, Step::Drain, Step::CatchUp] {
+            runner.run(&mut record, step, || async { StepOutcome::Done }).await.unwrap();
+        }
+        let released = Acted { epoch: Some(7), ..StepOutcome::Done.into() };
+        runner.run(&mut record, Step::MoveLease, || async { released }).await.unwrap();
+        assert_eq!(record.epoch_after, None, "released, not granted yet");
+        // Epochs are raft log indexes: the grant is whatever index it got, not 7 + 1.
+        let promoted = Acted { epoch: Some(23), ..StepOutcome::Done.into() };
+        runner.run(&mut record, Step::Promote, || async { promoted }).await.unwrap();
+        assert_eq!(record.epoch_after, Some(23));
+        drop(runner);
+        tasks.shutdown().await;
+        let epochs: Vec<(String, u64)> = std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (v["detail"]["step"].as_str().unwrap().to_string(), v["epoch"].as_u64().unwrap())
+            })
+            .collect();
+        assert_eq!(epochs[4], ("move_lease".to_string(), 7));
+        assert_eq!(epochs[5], ("promote".to_string(), 23));
+    }
+
+    #[test]
+    fn an_unsafe_failure_after_the_move_fails_the_switchover_instead_of_retrying() {
+        let mut record = new_record("app", "a", "b", "", "olivia", 7);
+        for step in [Step::Intent, Step::Fence, Step::Drain, Step::CatchUp, Step::MoveLease] {
+            begin(&mut record, step).unwrap();
+            finish(&mut record, step, StepOutcome::Done, 1);
+        }
+        begin(&mut record, Step::Promote).unwrap();
+        finish(&mut record, Step::Promote, StepOutcome::Unsafe("epoch went backwards".into()), 1);
+        assert_eq!(record.state, SwitchoverState::Failed);
+        assert_eq!(next_for(&record, "b"), Next::Finished);
+        // Before the move, unsafe rolls back like any failure.
+        let mut record = new_record("app", "a", "b", "", "olivia", 7);
+        begin(&mut record, Step::Intent).unwrap();
+        finish(&mut record, Step::Intent, StepOutcome::Done, 1);
+        begin(&mut record, Step::Fence).unwrap();
+        finish(&mut record, Step::Fence, StepOutcome::Unsafe("timeline".into()), 1);
+        assert_eq!(next_for(&record, "a"), Next::RollBack);
     }
 
     /// Set in the child process of the failpoint test: where its audit log goes.

@@ -64,9 +64,7 @@ impl WitnessState {
 
 /// Runs the witness until `shutdown` resolves.
 pub async fn run(config: &Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Error> {
-    let node = LeaseNode::start(crate::orchestrator::node_config(config))
-        .await
-        .map_err(crate::orchestrator::lease_config_error)?;
+    let node = LeaseNode::start(config.lease_node_config()).await.map_err(crate::config::lease_start_error)?;
     tracing::info!(region = %config.region, addr = %node.local_addr(), "witness lease node running");
     let stop = CancellationToken::new();
     let server = match &config.api {

@@ -45,7 +45,9 @@ async fn plan_shows_steps_and_blockers() {
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        stdout.contains("a -> b (epoch 7 -> 8)") && stdout.contains("move_lease") && stdout.contains("no blockers"),
+        stdout.contains("a -> b (epoch 7 -> a higher one)")
+            && stdout.contains("move_lease")
+            && stdout.contains("no blockers"),
         "{stdout}"
     );
 
@@ -67,7 +69,7 @@ async fn switchover_with_yes_prints_each_step_and_the_outcome() {
             .await;
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{}\n{stdout}", text(&out.stderr));
-    for step in ["intent", "fence", "catch_up", "move_lease", "promote", "dns", "rejoin", "audit"] {
+    for step in ["intent", "fence", "catch_up", "move_lease", "promote", "dns", "rejoin", "restore_sync"] {
         assert!(stdout.lines().any(|l| l.contains("done") && l.contains(step)), "step {step} missing:\n{stdout}");
     }
     assert!(stdout.lines().any(|l| l.contains("skipped") && l.contains("drain")), "{stdout}");

@@ -30,7 +30,7 @@ async fn a_crash_at_every_step_completes_or_rolls_back_without_two_primaries() {
         Failpoint::After(Step::Promote),
         Failpoint::After(Step::Dns),
         Failpoint::After(Step::Rejoin),
-        Failpoint::Before(Step::Audit),
+        Failpoint::Before(Step::RestoreSync),
     ] {
         let step = match failpoint {
             Failpoint::Before(step) | Failpoint::After(step) | Failpoint::Fail(step) => step,

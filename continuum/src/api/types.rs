@@ -1,15 +1,14 @@
-//! The API's wire types, shared by the server, the CLI and the orchestrator.
+//! The API's wire types, shared by the server, the CLI and the daemon. The switchover record
+//! and its steps are the replicated format of [`crate::record`], re-exported here.
 //!
 //! Times are RFC 3339 strings; durations are integer milliseconds (`*_ms`); a value the daemon
 //! could not measure is `null`, never `0`.
-
-use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::config::{Durability, Takeover};
-use crate::failpoint::Step;
+pub use crate::record::{Step, StepRecord, StepState, SwitchoverKind, SwitchoverRecord, SwitchoverState};
 
 /// `GET /v1/status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,6 +35,10 @@ pub struct PairStatus {
     pub writes_blocked: Option<String>,
     /// The switchover in progress, if any.
     pub in_flight: Option<Uuid>,
+    /// What an operator must look at before the daemon acts on the pair again: a stored
+    /// switchover record that does not decode, or a control loop stopped by an unsafe error.
+    #[serde(default)]
+    pub attention: Option<String>,
     pub last_switchover: Option<SwitchoverRecord>,
 }
 
@@ -97,7 +100,7 @@ pub struct Plan {
     pub pair: String,
     pub from: String,
     pub to: String,
-    /// Epoch now; the switchover would end at `epoch + 1`.
+    /// Epoch now; the target would be granted a new, higher one (a raft log index).
     pub epoch: u64,
     pub steps: Vec<PlannedStep>,
     /// Unmet preconditions that would make `POST /v1/switchover` answer 409. Empty: it may start.
@@ -138,76 +141,6 @@ pub struct SwitchoverRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SwitchoverAccepted {
     pub id: Uuid,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SwitchoverKind {
-    Planned,
-    Failover,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SwitchoverState {
-    Pending,
-    Running,
-    Succeeded,
-    /// Failed before the lease moved: the old primary is unfenced and still primary.
-    RolledBack,
-    /// Could not complete nor roll back; `error` says what an operator must look at.
-    Failed,
-}
-
-impl SwitchoverState {
-    pub fn is_finished(self) -> bool {
-        matches!(self, Self::Succeeded | Self::RolledBack | Self::Failed)
-    }
-}
-
-/// One entry of `GET /v1/switchovers`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SwitchoverRecord {
-    pub id: Uuid,
-    pub pair: String,
-    pub kind: SwitchoverKind,
-    pub from: String,
-    pub to: String,
-    pub reason: String,
-    /// Token name of the caller, or `continuum` for automatic failovers.
-    pub requested_by: String,
-    #[serde(with = "humantime_serde")]
-    pub requested_at: SystemTime,
-    #[serde(default, with = "humantime_serde")]
-    pub finished_at: Option<SystemTime>,
-    pub state: SwitchoverState,
-    pub epoch_before: u64,
-    pub epoch_after: Option<u64>,
-    pub steps: Vec<StepRecord>,
-    /// Longest time a writer could not commit, as observed by the daemon.
-    pub write_gap_ms: Option<u64>,
-    pub error: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StepState {
-    Pending,
-    Running,
-    Done,
-    Skipped,
-    Failed,
-    RolledBack,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StepRecord {
-    pub step: Step,
-    pub state: StepState,
-    #[serde(default, with = "humantime_serde")]
-    pub started_at: Option<SystemTime>,
-    pub duration_ms: Option<u64>,
-    pub detail: Option<String>,
 }
 
 /// One server-sent event of `GET /v1/events`; the SSE event name is `type`.

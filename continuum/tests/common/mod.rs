@@ -124,6 +124,7 @@ impl Orchestrator for MemoryOrchestrator {
                 regions: vec![region("a"), region("b"), region("c")],
                 writes_blocked: None,
                 in_flight: None,
+                attention: None,
                 last_switchover: state.history.first().cloned(),
             }],
         })

@@ -2,9 +2,13 @@
 //!
 //! Every knob has a documented default (README, `## Configuration`). Parsing rejects unknown keys;
 //! [`Config::validate`] checks the rules that span several keys and names the offending key, so
-//! a bad file is refused before the daemon touches anything.
+//! a bad file is refused before the daemon touches anything. [`validate`] holds those rules;
+//! [`to_lease`] maps the file onto the lease crate's types.
 
-use std::collections::HashSet;
+mod to_lease;
+pub use to_lease::lease_start_error;
+mod validate;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,7 +16,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
-use crate::failpoint::Failpoint;
 
 /// What this daemon is: a data region's daemon or the third-site witness (votes only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +132,10 @@ pub struct LeaseConfig {
     /// Deadline of one lease-store write or linearizable read; then the outcome is unknown.
     #[serde(with = "humantime_serde", default = "defaults::call_timeout")]
     pub call_timeout: Duration,
+    /// How long the holder's fence (`pg_ctl stop -m immediate`) may take before the postmaster
+    /// is killed. Unset: half the fence lead ([`LeaseConfig::fence_lead`]); set, below it.
+    #[serde(with = "humantime_serde", default, skip_serializing_if = "Option::is_none")]
+    pub fence_timeout: Option<Duration>,
 }
 
 impl Default for LeaseConfig {
@@ -139,6 +146,7 @@ impl Default for LeaseConfig {
             drift_margin: defaults::drift_margin(),
             grant_margin: defaults::grant_margin(),
             call_timeout: defaults::call_timeout(),
+            fence_timeout: None,
         }
     }
 }
@@ -176,6 +184,18 @@ pub struct PairConfig {
     /// [`PairConfig::effective_observe_interval`].
     #[serde(with = "humantime_serde", default)]
     pub observe_interval: Option<Duration>,
+    /// How long a switchover's target waits to replay the old primary's shutdown checkpoint.
+    #[serde(with = "humantime_serde", default = "defaults::catch_up_timeout")]
+    pub catch_up_timeout: Duration,
+    /// How long the primary waits for a newly named synchronous standby to report `sync`.
+    #[serde(with = "humantime_serde", default = "defaults::sync_wait_timeout")]
+    pub sync_wait_timeout: Duration,
+    /// Connect deadline of the session observing the peer's server.
+    #[serde(with = "humantime_serde", default = "defaults::peer_connect_timeout")]
+    pub peer_connect_timeout: Duration,
+    /// Deadline of one observation of the peer's server (connect included).
+    #[serde(with = "humantime_serde", default = "defaults::peer_observe_timeout")]
+    pub peer_observe_timeout: Duration,
     pub postgres: PostgresConfig,
     /// The pair's PostgreSQL servers in the other data regions (where a rejoining node streams
     /// from, and what the standby's daemon observes).
@@ -228,6 +248,14 @@ pub struct PostgresConfig {
     pub log_file: Option<PathBuf>,
     /// Unix socket directory. Unset: the data directory's parent.
     pub socket_dir: Option<PathBuf>,
+    /// Deadline of the daemon's `pg_ctl stop -m immediate` outside the lease fence (a primary
+    /// without the lease, a server given up); then the postmaster is killed.
+    #[serde(with = "humantime_serde", default = "defaults::pg_stop_timeout")]
+    pub stop_timeout: Duration,
+    /// Deadline of the daemon's `pg_ctl start` (a restart of the holder's crashed server, a
+    /// roll-back).
+    #[serde(with = "humantime_serde", default = "defaults::pg_start_timeout")]
+    pub start_timeout: Duration,
 }
 
 /// The pair's DNS record, committed through PDM on every holder change.
@@ -258,6 +286,12 @@ pub struct PdmConfig {
     /// Deadline of one commit; a timeout is an unknown outcome and is retried with the same epoch.
     #[serde(with = "humantime_serde", default = "defaults::pdm_timeout")]
     pub timeout: Duration,
+    /// Commit attempts per DNS change before the step (or round) reports a failure.
+    #[serde(default = "defaults::pdm_commit_attempts")]
+    pub commit_attempts: u32,
+    /// Pause between two commit attempts.
+    #[serde(with = "humantime_serde", default = "defaults::pdm_commit_retry_pause")]
+    pub commit_retry_pause: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -373,6 +407,30 @@ mod defaults {
     pub fn pdm_timeout() -> Duration {
         Duration::from_secs(5)
     }
+    pub fn pdm_commit_attempts() -> u32 {
+        3
+    }
+    pub fn pdm_commit_retry_pause() -> Duration {
+        Duration::from_millis(200)
+    }
+    pub fn catch_up_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn sync_wait_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn peer_connect_timeout() -> Duration {
+        Duration::from_secs(2)
+    }
+    pub fn peer_observe_timeout() -> Duration {
+        Duration::from_secs(3)
+    }
+    pub fn pg_stop_timeout() -> Duration {
+        Duration::from_secs(6)
+    }
+    pub fn pg_start_timeout() -> Duration {
+        Duration::from_secs(65)
+    }
     pub fn api_listen() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 8080))
     }
@@ -390,7 +448,7 @@ mod defaults {
     }
 }
 
-fn invalid(key: impl Into<String>, message: impl Into<String>) -> Error {
+pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> Error {
     Error::Config { key: key.into(), message: message.into() }
 }
 
@@ -410,305 +468,15 @@ impl Config {
     pub fn parse(text: &str) -> Result<Self, Error> {
         let config: Config = toml::from_str(text).map_err(|e| {
             // toml's message quotes the offending line, which names the key.
-            let key = e.span().map(|span| key_at(text, span.start)).unwrap_or_else(|| "(file)".into());
+            let key = e.span().map(|span| validate::key_at(text, span.start)).unwrap_or_else(|| "(file)".into());
             invalid(key, e.message().trim().to_string())
         })?;
         config.validate()?;
         Ok(config)
     }
 
-    /// Cross-field rules. The first violation wins; its key is dotted (`lease.renew_interval`).
-    pub fn validate(&self) -> Result<(), Error> {
-        let lease = &self.lease;
-        if self.region.trim().is_empty() {
-            return Err(invalid("region", "must not be empty"));
-        }
-        if lease.duration.is_zero() {
-            return Err(invalid("lease.duration", "must be greater than zero"));
-        }
-        if lease.drift_margin >= lease.duration {
-            return Err(invalid("lease.drift_margin", "must be shorter than lease.duration"));
-        }
-        if lease.renew_interval.is_zero() || lease.renew_interval >= lease.duration - lease.drift_margin {
-            return Err(invalid(
-                "lease.renew_interval",
-                format!(
-                    "must be greater than zero and shorter than lease.duration minus lease.drift_margin ({})",
-                    humantime::format_duration(lease.duration - lease.drift_margin)
-                ),
-            ));
-        }
-        if lease.call_timeout.is_zero() {
-            return Err(invalid("lease.call_timeout", "must be greater than zero"));
-        }
-        let handle = crate::orchestrator::handle_config(lease);
-        if handle.validate().is_err() {
-            return Err(invalid(
-                "lease.duration",
-                format!(
-                    "must exceed drift_margin + renew_interval + duration/5 (fence lead) + {} (renew call deadline)",
-                    humantime::format_duration(handle.call_timeout)
-                ),
-            ));
-        }
-        self.validate_raft()?;
-        self.validate_role_sections()?;
-        for (i, pair) in self.pairs.iter().enumerate() {
-            validate_pair(i, pair, lease)?;
-        }
-        if let Some(duplicate) = first_duplicate(self.pairs.iter().map(|p| p.name.as_str())) {
-            return Err(invalid("pairs", format!("pair name {duplicate:?} appears twice")));
-        }
-        for (i, name) in self.failpoints.iter().enumerate() {
-            name.parse::<Failpoint>().map_err(|message| invalid(format!("failpoints[{i}]"), message))?;
-        }
-        Ok(())
-    }
-
-    fn validate_raft(&self) -> Result<(), Error> {
-        let raft = &self.raft;
-        if raft.heartbeat_interval.is_zero() || raft.heartbeat_interval >= raft.election_timeout_min {
-            return Err(invalid(
-                "raft.heartbeat_interval",
-                "must be greater than zero and below raft.election_timeout_min",
-            ));
-        }
-        if raft.election_timeout_min > raft.election_timeout_max {
-            return Err(invalid("raft.election_timeout_max", "must not be below raft.election_timeout_min"));
-        }
-        // A leader change must fit inside one lease, or renewals stall across an election.
-        if raft.election_timeout_max >= self.lease.duration {
-            return Err(invalid("raft.election_timeout_max", "must be shorter than lease.duration"));
-        }
-        for (i, peer) in raft.peers.iter().enumerate() {
-            if peer.region.trim().is_empty() {
-                return Err(invalid(format!("raft.peers[{i}].region"), "must not be empty"));
-            }
-            if peer.address.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).is_none() {
-                return Err(invalid(format!("raft.peers[{i}].address"), "must be host:port"));
-            }
-            if let Some(dial) = &peer.dial
-                && dial.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).is_none()
-            {
-                return Err(invalid(format!("raft.peers[{i}].dial"), "must be host:port"));
-            }
-        }
-        if let Some(id) = first_duplicate(raft.peers.iter().map(|p| p.id)) {
-            return Err(invalid("raft.peers", format!("id {id} appears twice")));
-        }
-        if let Some(region) = first_duplicate(raft.peers.iter().map(|p| p.region.as_str())) {
-            return Err(invalid("raft.peers", format!("region {region:?} appears twice")));
-        }
-        if raft.peers.len() < 3 {
-            return Err(invalid("raft.peers", "needs at least 3 voters (two data regions and a witness)"));
-        }
-        if raft.peers.len().is_multiple_of(2) {
-            return Err(invalid("raft.peers", "needs an odd number of voters: an even one adds no fault tolerance"));
-        }
-        if raft.peers.iter().filter(|p| !p.witness).count() < 2 {
-            return Err(invalid("raft.peers", "needs at least two data regions (witness = false)"));
-        }
-        let Some(me) = raft.peers.iter().find(|p| p.id == raft.node_id) else {
-            return Err(invalid("raft.node_id", format!("no entry with id {} in raft.peers", raft.node_id)));
-        };
-        if me.region != self.region {
-            return Err(invalid(
-                "raft.node_id",
-                format!("its raft.peers entry has region {:?}, but region is {:?}", me.region, self.region),
-            ));
-        }
-        if me.witness != (self.role == Role::Witness) {
-            return Err(invalid("raft.node_id", "its raft.peers entry's witness flag must match role"));
-        }
-        Ok(())
-    }
-
-    fn validate_role_sections(&self) -> Result<(), Error> {
-        match self.role {
-            Role::Witness => {
-                if !self.pairs.is_empty() {
-                    return Err(invalid("pairs", "a witness runs no PostgreSQL: remove its pairs"));
-                }
-                if self.pdm.is_some() {
-                    return Err(invalid("pdm", "a witness commits no DNS: remove the pdm section"));
-                }
-            }
-            Role::Data => {
-                if self.pairs.is_empty() {
-                    return Err(invalid("pairs", "a data daemon protects at least one pair"));
-                }
-                let Some(pdm) = &self.pdm else { return Err(invalid("pdm", "required for role data")) };
-                if !(pdm.url.starts_with("http://") || pdm.url.starts_with("https://")) {
-                    return Err(invalid("pdm.url", "must start with http:// or https://"));
-                }
-                if pdm.zone.trim().is_empty() {
-                    return Err(invalid("pdm.zone", "must not be empty"));
-                }
-                if pdm.timeout.is_zero() {
-                    return Err(invalid("pdm.timeout", "must be greater than zero"));
-                }
-                if self.api.is_none() {
-                    return Err(invalid("api", "required for role data"));
-                }
-                if self.audit.is_none() {
-                    return Err(invalid("audit", "required for role data"));
-                }
-            }
-        }
-        if let Some(api) = &self.api
-            && api.tls_cert.is_some() != api.tls_key.is_some()
-        {
-            let missing = if api.tls_cert.is_none() { "api.tls_cert" } else { "api.tls_key" };
-            return Err(invalid(missing, "api.tls_cert and api.tls_key go together"));
-        }
-        if let Some(audit) = &self.audit {
-            if let Some(url) = &audit.nats_url
-                && !(url.starts_with("nats://") || url.starts_with("tls://"))
-            {
-                return Err(invalid("audit.nats_url", "must start with nats:// or tls://"));
-            }
-            if audit.nats_subject.trim().is_empty() {
-                return Err(invalid("audit.nats_subject", "must not be empty"));
-            }
-            if audit.nats_timeout.is_zero() {
-                return Err(invalid("audit.nats_timeout", "must be greater than zero"));
-            }
-        }
-        Ok(())
-    }
-
     /// This daemon's raft peer entry (exists once validated).
     pub fn own_peer(&self) -> Option<&PeerConfig> {
         self.raft.peers.iter().find(|p| p.id == self.raft.node_id)
-    }
-}
-
-fn validate_pair(i: usize, pair: &PairConfig, lease: &LeaseConfig) -> Result<(), Error> {
-    let key = |field: &str| format!("pairs[{i}].{field}");
-    if pair.name.trim().is_empty() {
-        return Err(invalid(key("name"), "must not be empty"));
-    }
-    if let Some(interval) = pair.observe_interval {
-        // Longer than a renew interval and a failover waits rounds on top of the lease expiry.
-        if interval < MIN_OBSERVE_INTERVAL || interval > lease.renew_interval {
-            return Err(invalid(
-                key("observe_interval"),
-                format!(
-                    "must be between {} and lease.renew_interval ({})",
-                    humantime::format_duration(MIN_OBSERVE_INTERVAL),
-                    humantime::format_duration(lease.renew_interval)
-                ),
-            ));
-        }
-    }
-    if pair.max_lag_seconds.is_zero() {
-        return Err(invalid(key("max_lag_seconds"), "must be greater than zero"));
-    }
-    if pair.primary_down_timeout < Duration::from_secs(1) {
-        return Err(invalid(
-            key("primary_down_timeout"),
-            "must be at least 1s: a crashed server needs a moment to restart before the region gives up",
-        ));
-    }
-    if pair.dns.record.trim().is_empty() {
-        return Err(invalid(key("dns.record"), "must not be empty"));
-    }
-    if pair.postgres.port == 0 {
-        return Err(invalid(key("postgres.port"), "must not be 0"));
-    }
-    if pair.postgres.superuser.trim().is_empty() {
-        return Err(invalid(key("postgres.superuser"), "must not be empty"));
-    }
-    if !pair.postgres.data_dir.is_absolute() {
-        return Err(invalid(key("postgres.data_dir"), "must be an absolute path"));
-    }
-    for (j, peer) in pair.peers.iter().enumerate() {
-        if peer.port == 0 || peer.region.trim().is_empty() {
-            return Err(invalid(key(&format!("peers[{j}]")), "needs a region and a non-zero port"));
-        }
-    }
-    if !pair.dns.lua.is_empty() {
-        let value = serde_json::to_value(&pair.dns.lua).map_err(|e| invalid(key("dns.lua"), e.to_string()))?;
-        serde_json::from_value::<pdm::LuaSpec>(value).map_err(|e| invalid(key("dns.lua"), e.to_string()))?;
-    }
-    Ok(())
-}
-
-/// Below this a round's own work (two observations, a linearizable read) dominates.
-const MIN_OBSERVE_INTERVAL: Duration = Duration::from_millis(50);
-
-fn first_duplicate<T: std::hash::Hash + Eq + Copy>(items: impl IntoIterator<Item = T>) -> Option<T> {
-    let mut seen = HashSet::new();
-    items.into_iter().find(|item| !seen.insert(*item))
-}
-
-/// The dotted key of the line holding byte `offset` of a TOML document: the last table header
-/// before it plus the line's own key. Good enough to point at the culprit in an error message.
-fn key_at(text: &str, offset: usize) -> String {
-    let before = &text[..offset.min(text.len())];
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let line = text[line_start..].lines().next().unwrap_or("").trim();
-    let table = before[..line_start]
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| l.starts_with('['))
-        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
-    let own = line.split_once('=').map(|(k, _)| k.trim().to_string());
-    match (table, own) {
-        (Some(t), Some(k)) => format!("{t}.{k}"),
-        (Some(t), None) => t,
-        (None, Some(k)) => k,
-        (None, None) => "(file)".into(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn key_at_points_at_table_and_key() {
-        let text = "region = \"a\"\n[lease]\nrenew_interval = \"2x\"\n";
-        let offset = text.find("\"2x\"").unwrap();
-        assert_eq!(key_at(text, offset), "lease.renew_interval");
-        assert_eq!(key_at(text, 2), "region");
-    }
-
-    fn region_a(observe_interval: Option<&str>) -> Result<Config, Error> {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/region-a.toml");
-        let mut doc: toml::Table = std::fs::read_to_string(path).unwrap().parse().unwrap();
-        let pair = doc["pairs"].as_array_mut().unwrap()[0].as_table_mut().unwrap();
-        pair.remove("observe_interval");
-        if let Some(value) = observe_interval {
-            pair.insert("observe_interval".into(), value.into());
-        }
-        Config::parse(&toml::to_string(&doc).unwrap())
-    }
-
-    #[test]
-    fn observe_interval_defaults_to_half_the_renew_interval_within_bounds() {
-        let config = region_a(None).unwrap();
-        let interval = |renew_ms: u64| {
-            let lease = LeaseConfig { renew_interval: Duration::from_millis(renew_ms), ..LeaseConfig::default() };
-            config.pairs[0].effective_observe_interval(&lease)
-        };
-        assert_eq!(interval(2000), Duration::from_secs(1));
-        assert_eq!(interval(300), Duration::from_millis(150));
-        assert_eq!(interval(100), Duration::from_millis(100));
-        assert_eq!(interval(5000), Duration::from_secs(1));
-        let set = region_a(Some("700ms")).unwrap();
-        assert_eq!(set.pairs[0].effective_observe_interval(&set.lease), Duration::from_millis(700));
-    }
-
-    #[test]
-    fn observe_interval_out_of_range_names_the_key() {
-        for bad in ["10ms", "1h", "0s"] {
-            match region_a(Some(bad)) {
-                Err(Error::Config { key, .. }) => assert_eq!(key, "pairs[0].observe_interval", "{bad}"),
-                other => panic!("{bad}: {:?}", other.map(|_| ())),
-            }
-        }
-        assert!(region_a(Some("1x")).is_err());
     }
 }
