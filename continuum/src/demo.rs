@@ -178,6 +178,7 @@ pub async fn run(json: bool, shutdown: impl std::future::Future<Output = ()>) ->
                 drift_margin: Duration::from_millis(300),
                 grant_margin: Duration::from_millis(500),
                 call_timeout: Duration::from_secs(1),
+                fence_timeout: None,
             },
             ..Timings::fast()
         }),

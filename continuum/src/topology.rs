@@ -53,6 +53,7 @@ impl Timings {
                 drift_margin: Duration::from_millis(200),
                 grant_margin: Duration::from_millis(300),
                 call_timeout: Duration::from_secs(1),
+                fence_timeout: None,
             },
         }
     }
