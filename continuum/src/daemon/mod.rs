@@ -144,10 +144,6 @@ impl Daemon {
     }
 
     fn pair(&self, name: Option<&str>) -> Result<&Arc<PairCtl>, Error> {
-        match name {
-            Some(name) => self.pairs.get(name).ok_or_else(|| Error::NotFound { what: format!("pair {name:?}") }),
-            None if self.pairs.len() == 1 => Ok(self.pairs.values().next().expect("one pair")),
-            None => Err(Error::BadRequest { message: "this daemon protects several pairs: name `pair`".into() }),
-        }
+        crate::api::validate::pair(&self.pairs, name)
     }
 }
