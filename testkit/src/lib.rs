@@ -7,6 +7,8 @@
 //! binaries are started as the `postgres` user (see [`os`]).
 
 pub mod dns;
+#[cfg(feature = "kube")]
+pub mod kube;
 pub mod netns;
 pub mod os;
 pub mod pdns;
