@@ -9,6 +9,8 @@
 //! panic.
 
 pub mod dns;
+#[cfg(feature = "kube")]
+pub mod kube;
 pub mod netns;
 pub mod proxy;
 pub mod wait;
