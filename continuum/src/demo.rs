@@ -338,12 +338,20 @@ pub async fn run(json: bool, shutdown: impl std::future::Future<Output = ()>) ->
     let (dns_port, pdns_api, pdns_key) = demo.start_pdns()?;
 
     // PDM, in this process.
-    let pdm_token = random_hex(16);
+    // The daemons get a `commit` token; zone creation below needs the `admin` one.
+    let (pdm_token, pdm_admin) = (random_hex(16), random_hex(16));
     std::fs::write(d.join("pdm.token"), format!("{pdm_token}\n")).map_err(|e| fail(e.to_string()))?;
+    let tokens = format!(
+        "[[tokens]]\nname = \"daemons\"\nrole = \"commit\"\ntoken = \"{pdm_token}\"\n\
+         [[tokens]]\nname = \"demo\"\nrole = \"admin\"\ntoken = \"{pdm_admin}\"\n"
+    );
+    std::fs::write(d.join("pdm-tokens.toml"), tokens).map_err(|e| fail(e.to_string()))?;
+    std::fs::set_permissions(d.join("pdm-tokens.toml"), std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(|e| fail(e.to_string()))?;
     let pdm_config = pdm::Config::from_toml(&format!(
-        "listen = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n[powerdns]\napi_url = \"{pdns_api}\"\napi_key = \"{pdns_key}\"\n\
+        "listen = \"127.0.0.1:0\"\ntokens_file = \"{}\"\n[powerdns]\napi_url = \"{pdns_api}\"\napi_key = \"{pdns_key}\"\n\
          dns_addr = \"127.0.0.1:{dns_port}\"\nhealth_check_interval = \"1s\"\n[zones]\ndefault_nameservers = [\"ns1.continuum.invalid.\"]\n",
-        d.join("pdm.token").display()
+        d.join("pdm-tokens.toml").display()
     ))
     .map_err(|e| fail(format!("PDM config: {e}")))?;
     let server = pdm::Server::bind(&pdm_config).await.map_err(|e| fail(format!("PDM: {e}")))?;
@@ -360,7 +368,7 @@ pub async fn run(json: bool, shutdown: impl std::future::Future<Output = ()>) ->
             tracing::error!("PDM stopped: {e}");
         }
     });
-    let pdm = pdm::PdmClient::new(&pdm_url, &pdm_token, Duration::from_secs(10)).map_err(|e| fail(e.to_string()))?;
+    let pdm = pdm::PdmClient::new(&pdm_url, &pdm_admin, Duration::from_secs(10)).map_err(|e| fail(e.to_string()))?;
     let started = Instant::now();
     loop {
         match pdm.create_zone(&pdm::CreateZoneRequest { name: ZONE.into(), nameservers: vec![] }).await {

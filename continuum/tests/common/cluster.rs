@@ -24,6 +24,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_continuum");
 pub const ZONE: &str = "continuum.test";
 pub const RECORD: &str = "db.continuum.test";
 pub const PDM_TOKEN: &str = "pdm-test-token-0123456789abcdef";
+pub const PDM_ADMIN_TOKEN: &str = "pdm-admin-token-0123456789abcdef";
 
 /// The DNS answer when `region` holds the lease.
 pub fn address_of(region: &str) -> &'static str {
@@ -305,11 +306,20 @@ impl Cluster {
         let dir = tempfile::Builder::new().prefix("continuum-e2e-").tempdir()?;
         let d = dir.path();
         std::fs::write(d.join("pdm.token"), format!("{PDM_TOKEN}\n"))?;
+        // The daemons hold a `commit` token; this harness creates the zone with an `admin` one.
+        std::fs::write(
+            d.join("pdm-tokens.toml"),
+            format!(
+                "[[tokens]]\nname = \"daemons\"\nrole = \"commit\"\ntoken = \"{PDM_TOKEN}\"\n\
+                     [[tokens]]\nname = \"harness\"\nrole = \"admin\"\ntoken = \"{PDM_ADMIN_TOKEN}\"\n"
+            ),
+        )?;
+        std::fs::set_permissions(d.join("pdm-tokens.toml"), std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         std::fs::write(d.join("tokens.toml"), tokens_toml())?;
         let pdm_config = pdm::Config::from_toml(&format!(
-            "listen = \"{gateway}:0\"\ntoken_file = \"{}\"\n[powerdns]\napi_url = \"{}\"\napi_key = \"{}\"\n\
+            "listen = \"{gateway}:0\"\ntokens_file = \"{}\"\n[powerdns]\napi_url = \"{}\"\napi_key = \"{}\"\n\
              dns_addr = \"{}\"\nhealth_check_interval = \"1s\"\n[zones]\ndefault_nameservers = [\"ns1.continuum.invalid.\"]\n",
-            d.join("pdm.token").display(),
+            d.join("pdm-tokens.toml").display(),
             pdns.api_url,
             pdns.api_key,
             pdns.dns_addr
@@ -324,7 +334,7 @@ impl Cluster {
                 })
                 .await;
         });
-        let pdm = pdm::PdmClient::new(&pdm_url, PDM_TOKEN, Duration::from_secs(10))?;
+        let pdm = pdm::PdmClient::new(&pdm_url, PDM_ADMIN_TOKEN, Duration::from_secs(10))?;
         pdm.create_zone(&pdm::CreateZoneRequest { name: ZONE.into(), nameservers: vec![] }).await?;
 
         let ca = continuum::pki::LocalCa::new(d)?;
