@@ -116,9 +116,19 @@ pub async fn run(json: bool, shutdown: impl std::future::Future<Output = ()>) ->
     let dns_port = pdns.dns_addr.port();
 
     // PDM, in this process.
-    let pdm_token = devstack::random_hex(16);
-    std::fs::write(d.join("pdm.token"), format!("{pdm_token}\n")).map_err(io)?;
-    let pdm_config = topology::pdm_config(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), &d.join("pdm.token"), pdns)?;
+    // The daemons get a `commit` token; zone creation below needs the `admin` one.
+    let (pdm_token, pdm_admin) = (devstack::random_hex(16), devstack::random_hex(16));
+    std::fs::write(
+        d.join("pdm.token"),
+        format!(
+            "{pdm_token}
+"
+        ),
+    )
+    .map_err(io)?;
+    topology::write_pdm_tokens(&d.join("pdm-tokens.toml"), &pdm_token, &pdm_admin)?;
+    let pdm_config =
+        topology::pdm_config(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), &d.join("pdm-tokens.toml"), pdns)?;
     let server = pdm::Server::bind(&pdm_config).await.map_err(|e| fail(format!("PDM: {e}")))?;
     let pdm_url = format!("http://{}", server.local_addr());
     let (pdm_stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -133,10 +143,18 @@ pub async fn run(json: bool, shutdown: impl std::future::Future<Output = ()>) ->
             tracing::error!("PDM stopped: {e}");
         }
     });
-    let pdm = pdm::PdmClient::new(&pdm_url, &pdm_token, Duration::from_secs(10)).map_err(|e| fail(e.to_string()))?;
-    pdm.create_zone(&pdm::CreateZoneRequest { name: ZONE.into(), nameservers: vec![] })
-        .await
-        .map_err(|e| fail(format!("create zone {ZONE} through PDM: {e}")))?;
+    let pdm = pdm::PdmClient::new(&pdm_url, &pdm_admin, Duration::from_secs(10)).map_err(|e| fail(e.to_string()))?;
+    let started = Instant::now();
+    loop {
+        match pdm.create_zone(&pdm::CreateZoneRequest { name: ZONE.into(), nameservers: vec![] }).await {
+            Ok(_) => break,
+            Err(e) if started.elapsed() < Duration::from_secs(20) => {
+                tracing::debug!("PowerDNS not ready yet: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(fail(format!("create zone {ZONE} through PDM: {e}"))),
+        }
+    }
 
     // Certificates, tokens, configs; then the daemons.
     let ca = crate::pki::LocalCa::new(&d)?;

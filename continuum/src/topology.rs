@@ -187,8 +187,27 @@ pub fn write(config: &Config, path: &Path) -> Result<(), Error> {
 
 /// PDM's config for an in-process server on `listen` in front of PowerDNS, read back through
 /// its loader (with validation).
-pub fn pdm_config(listen: SocketAddr, token_file: &Path, pdns: &devstack::PowerDns) -> Result<pdm::Config, Error> {
-    pdm_config_for(listen, token_file, &pdns.api_url, &pdns.api_key, pdns.dns_addr)
+pub fn pdm_config(listen: SocketAddr, tokens_file: &Path, pdns: &devstack::PowerDns) -> Result<pdm::Config, Error> {
+    pdm_config_for(listen, tokens_file, &pdns.api_url, &pdns.api_key, pdns.dns_addr)
+}
+
+/// PDM's tokens file (mode 600, as PDM requires): `commit` for the daemons, `admin` for the zone
+/// set-up of the demo or the harness.
+pub fn write_pdm_tokens(path: &Path, commit: &str, admin: &str) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let token = |name: &str, role: &str, token: &str| {
+        toml::Table::from_iter(
+            [("name", name), ("role", role), ("token", token)].map(|(k, v)| (k.to_string(), v.into())),
+        )
+    };
+    let doc = toml::Table::from_iter([(
+        "tokens".to_string(),
+        toml::Value::Array(vec![token("daemons", "commit", commit).into(), token("setup", "admin", admin).into()]),
+    )]);
+    let text = toml::to_string(&doc).map_err(internal)?;
+    let io = |e: std::io::Error| internal(format!("{}: {e}", path.display()));
+    std::fs::write(path, text).map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)
 }
 
 fn pdm_config_for(
@@ -203,7 +222,7 @@ fn pdm_config_for(
     powerdns.api_key = Some(api_key.to_string());
     powerdns.health_check_interval = Duration::from_secs(HEALTH_CHECK_SECS.into());
     let mut config: pdm::Config =
-        defaulted([("listen", value(listen)?), ("token_file", value(token_file)?), ("powerdns", value(&powerdns)?)])?;
+        defaulted([("listen", value(listen)?), ("tokens_file", value(token_file)?), ("powerdns", value(&powerdns)?)])?;
     config.zones.default_nameservers = vec!["ns1.continuum.invalid.".into()];
     let text = toml::to_string(&config).map_err(internal)?;
     pdm::Config::from_toml(&text).map_err(|e| Error::Config { key: "pdm".into(), message: e.to_string() })
@@ -331,7 +350,7 @@ mod tests {
             "127.0.0.1:53".parse().unwrap(),
         )
         .unwrap();
-        assert_eq!(config.token_file, token);
+        assert_eq!(config.tokens_file, token);
         assert_eq!(config.powerdns.api_key.as_deref(), Some("k\"ey"));
         assert_eq!(config.powerdns.health_check_interval, Duration::from_secs(1));
         assert_eq!(config.powerdns.api_timeout, Duration::from_secs(5), "PDM's default");

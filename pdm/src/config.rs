@@ -2,7 +2,7 @@
 //!
 //! ```toml
 //! listen = "127.0.0.1:8053"          # where the commit API listens
-//! token_file = "/etc/pdm/token"      # bearer token callers must send (one line)
+//! tokens_file = "/etc/pdm/tokens.toml" # bearer tokens with roles (see `crate::auth`), mode 600
 //!
 //! [powerdns]
 //! api_url = "http://127.0.0.1:8081"  # PowerDNS webserver root (API under /api/v1)
@@ -12,6 +12,10 @@
 //! api_timeout = "5s"                 # per PowerDNS API call
 //! dns_timeout = "2s"                 # per verification query
 //! keep_warm_interval = "60s"         # query every committed LUA name this often
+//!
+//! [commit]
+//! max_epoch_step = 1099511627776     # 2^40: refuse an epoch this far above the last one
+//! answer_within = "1s"               # longer commits answer 202 + an operation to poll
 //!
 //! [zones]
 //! default_nameservers = ["ns1.example.net."]  # NS of new zones when the request names none
@@ -35,9 +39,12 @@ use crate::PdmError;
 pub struct Config {
     /// Address of the commit API; port 0 picks a free port (see [`crate::Server::local_addr`]).
     pub listen: SocketAddr,
-    /// File holding the bearer token every API route but `/healthz` requires.
-    pub token_file: PathBuf,
+    /// Tokens file (TOML, roles `commit` and `admin`, see [`crate::auth`]); every API route but
+    /// `/healthz` requires one of its tokens. Refused if group or others may access it.
+    pub tokens_file: PathBuf,
     pub powerdns: PowerDnsConfig,
+    #[serde(default)]
+    pub commit: CommitConfig,
     #[serde(default)]
     pub zones: ZonesConfig,
     #[serde(default)]
@@ -66,6 +73,31 @@ pub struct PowerDnsConfig {
     /// until it is re-checked, so this must stay well below that setting.
     #[serde(default = "default_keep_warm_interval", with = "humantime_serde")]
     pub keep_warm_interval: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommitConfig {
+    /// Largest step a commit's epoch may make over the epoch last accepted for the name (for a
+    /// name never committed: over the highest epoch in its zone, or 0). Epochs are raft log
+    /// indexes and every lease write (a renewal every `lease.renew_interval` per pair) takes
+    /// one, so a holder that keeps its lease for years legitimately jumps by millions at the
+    /// next failover; 2^40 covers centuries of that while still refusing garbage such as 2^63,
+    /// `u64::MAX` or a millisecond timestamp, which would fence the name for good.
+    #[serde(default = "default_max_epoch_step")]
+    pub max_epoch_step: u64,
+    /// How long `POST /v1/commit` waits for the commit before answering 202 with an operation
+    /// to poll (`GET /v1/operations/{id}`); [`crate::PdmClient`] polls transparently. Keeps
+    /// every HTTP exchange short although a pre-warm takes `health_check_interval` + check
+    /// timeout (7 s at PowerDNS' defaults).
+    #[serde(default = "default_answer_within", with = "humantime_serde")]
+    pub answer_within: Duration,
+}
+
+impl Default for CommitConfig {
+    fn default() -> Self {
+        Self { max_epoch_step: default_max_epoch_step(), answer_within: default_answer_within() }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -102,6 +134,12 @@ fn default_dns_timeout() -> Duration {
 fn default_keep_warm_interval() -> Duration {
     Duration::from_secs(60)
 }
+fn default_max_epoch_step() -> u64 {
+    1 << 40
+}
+fn default_answer_within() -> Duration {
+    Duration::from_secs(1)
+}
 fn default_soa_edit_api() -> String {
     "DEFAULT".into()
 }
@@ -136,6 +174,12 @@ impl Config {
                 return Err(PdmError::Config(format!("powerdns.{name} must be above zero")));
             }
         }
+        if self.commit.max_epoch_step == 0 {
+            return Err(PdmError::Config("commit.max_epoch_step must be above zero".into()));
+        }
+        if self.commit.answer_within.is_zero() {
+            return Err(PdmError::Config("commit.answer_within must be above zero".into()));
+        }
         for ns in &self.zones.default_nameservers {
             crate::names::normalize(ns).map_err(|e| PdmError::Config(format!("zones.default_nameservers: {e}")))?;
         }
@@ -146,21 +190,17 @@ impl Config {
     pub fn api_key(&self) -> Result<String, PdmError> {
         match (&self.powerdns.api_key, &self.powerdns.api_key_file) {
             (Some(key), _) => Ok(key.clone()),
-            (None, Some(path)) => read_secret(path, "powerdns.api_key_file"),
+            (None, Some(path)) => {
+                crate::auth::check_private(path, "powerdns.api_key_file")?;
+                read_secret(path, "powerdns.api_key_file")
+            }
             (None, None) => Err(PdmError::Config("no PowerDNS API key configured".into())),
         }
     }
 
-    /// The bearer token callers must present.
-    pub fn token(&self) -> Result<String, PdmError> {
-        let token = read_secret(&self.token_file, "token_file")?;
-        if token.len() < 16 {
-            return Err(PdmError::Config(format!(
-                "token in {} is shorter than 16 characters",
-                self.token_file.display()
-            )));
-        }
-        Ok(token)
+    /// The tokens callers may present.
+    pub fn tokens(&self) -> Result<crate::auth::TokenStore, PdmError> {
+        crate::auth::TokenStore::load(&self.tokens_file)
     }
 }
 
@@ -180,7 +220,7 @@ mod tests {
 
     const MINIMAL: &str = r#"
 listen = "127.0.0.1:0"
-token_file = "/nonexistent"
+tokens_file = "/nonexistent"
 [powerdns]
 api_url = "http://127.0.0.1:8081"
 api_key = "k"
@@ -194,6 +234,8 @@ dns_addr = "127.0.0.1:53"
         assert_eq!(config.powerdns.api_timeout, Duration::from_secs(5));
         assert_eq!(config.zones.soa_edit_api, "DEFAULT");
         assert!(config.tls.is_none());
+        assert_eq!(config.commit.max_epoch_step, 1 << 40);
+        assert_eq!(config.commit.answer_within, Duration::from_secs(1));
     }
 
     #[test]
@@ -203,6 +245,8 @@ dns_addr = "127.0.0.1:53"
             (MINIMAL.replace("http://127.0.0.1:8081", "127.0.0.1:8081"), "api_url"),
             (format!("{MINIMAL}health_check_interval = \"0s\"\n"), "health_check_interval"),
             (format!("{MINIMAL}bogus = 1\n"), "unknown field"),
+            (format!("{MINIMAL}[commit]\nmax_epoch_step = 0\n"), "max_epoch_step"),
+            (MINIMAL.replace("tokens_file", "token_file"), "token_file"),
             (MINIMAL.replace("127.0.0.1:53", "nowhere"), "dns_addr"),
         ];
         for (text, expected) in cases {

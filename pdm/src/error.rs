@@ -11,6 +11,9 @@ pub enum PdmError {
     InvalidLua(String),
     #[error("missing or wrong bearer token")]
     Unauthorized,
+    /// A known token whose role does not cover the route.
+    #[error("role {needed} required; {caller} has role {role}")]
+    Forbidden { caller: String, role: crate::auth::Role, needed: crate::auth::Role },
     #[error("zone {0} does not exist on the PowerDNS server")]
     ZoneNotFound(String),
     #[error("zone {0} already exists")]
@@ -18,6 +21,19 @@ pub enum PdmError {
     /// The fencing check: a commit from an older lease epoch.
     #[error("stale epoch {epoch} for {name}: epoch {committed} was already committed there")]
     StaleEpoch { name: String, epoch: u64, committed: u64 },
+    /// An epoch too far above the last accepted one to come from a lease store: accepting it
+    /// would fence the name against every real epoch. Distinct from [`PdmError::StaleEpoch`].
+    #[error(
+        "implausible epoch {epoch} for {name}: more than commit.max_epoch_step ({max_step}) above {reference}; an admin can reset the name's epoch"
+    )]
+    ImplausibleEpoch { name: String, epoch: u64, reference: u64, max_step: u64 },
+    /// An epoch reset for a name PDM holds no epoch for.
+    #[error("no epoch is recorded for {name} in zone {zone}")]
+    NoEpoch { zone: String, name: String },
+    /// A poll for an operation this PDM process does not know (expired, or PDM restarted): the
+    /// commit's outcome is unknown, retry it with the same epoch.
+    #[error("unknown operation {0}")]
+    UnknownOperation(String),
     /// A name that holds records PDM never committed; PDM owns whole names or none.
     #[error("{name} holds records PDM does not own ({types}); delete them first")]
     NameNotOwned { name: String, types: String },
@@ -56,6 +72,10 @@ impl PdmError {
             PdmError::InvalidRequest(_) => "invalid_request",
             PdmError::InvalidLua(_) => "invalid_lua",
             PdmError::Unauthorized => "unauthorized",
+            PdmError::Forbidden { .. } => "forbidden",
+            PdmError::ImplausibleEpoch { .. } => "implausible_epoch",
+            PdmError::NoEpoch { .. } => "no_epoch",
+            PdmError::UnknownOperation(_) => "unknown_operation",
             PdmError::ZoneNotFound(_) => "zone_not_found",
             PdmError::ZoneExists(_) => "zone_exists",
             PdmError::StaleEpoch { .. } => "stale_epoch",
@@ -79,7 +99,9 @@ impl PdmError {
             PdmError::InvalidRequest(_) => 400,
             PdmError::InvalidLua(_) => 422,
             PdmError::Unauthorized => 401,
-            PdmError::ZoneNotFound(_) => 404,
+            PdmError::Forbidden { .. } => 403,
+            PdmError::ImplausibleEpoch { .. } => 422,
+            PdmError::ZoneNotFound(_) | PdmError::NoEpoch { .. } | PdmError::UnknownOperation(_) => 404,
             PdmError::ZoneExists(_)
             | PdmError::StaleEpoch { .. }
             | PdmError::NameNotOwned { .. }

@@ -76,6 +76,32 @@ impl Epochs {
         Ok(())
     }
 
+    /// Refuses `epoch` if it lies more than `max_step` above what any of `names` last accepted
+    /// (a name never committed is measured against the zone's highest epoch, or 0): such an
+    /// epoch cannot come from the lease store, and once recorded it would refuse every real one.
+    pub fn check_plausible<'a>(
+        &self,
+        names: impl IntoIterator<Item = &'a str>,
+        epoch: u64,
+        max_step: u64,
+    ) -> Result<(), PdmError> {
+        let zone_high = self.0.values().copied().max().unwrap_or(0);
+        for name in names {
+            let reference = self.get(name).unwrap_or(zone_high);
+            if epoch > reference.saturating_add(max_step) {
+                return Err(PdmError::ImplausibleEpoch { name: name.to_string(), epoch, reference, max_step });
+            }
+        }
+        Ok(())
+    }
+
+    /// These epochs with `name` set to `epoch`, lower or higher (an admin's reset).
+    pub fn reset(&self, name: &str, epoch: u64) -> Self {
+        let mut map = self.0.clone();
+        map.insert(name.to_string(), epoch);
+        Self(map)
+    }
+
     /// These epochs with `names` raised to `epoch`.
     pub fn raised<'a>(&self, names: impl IntoIterator<Item = &'a str>, epoch: u64) -> Self {
         let mut map = self.0.clone();
@@ -104,5 +130,21 @@ mod tests {
         let err = epochs.check(["c.z.", "b.z."], 4).unwrap_err();
         assert!(matches!(err, PdmError::StaleEpoch { ref name, epoch: 4, committed: 5 } if name == "b.z."));
         assert_eq!(epochs.raised(["a.z."], 3).get("a.z."), Some(5));
+    }
+
+    #[test]
+    fn plausibility_bounds_the_step_over_the_name_or_the_zone() {
+        let epochs = Epochs::default().raised(["a.z."], 100).raised(["b.z."], 10);
+        assert!(epochs.check_plausible(["a.z."], 110, 10).is_ok());
+        let err = epochs.check_plausible(["a.z."], 111, 10).unwrap_err();
+        assert!(matches!(err, PdmError::ImplausibleEpoch { epoch: 111, reference: 100, max_step: 10, .. }));
+        assert_eq!(err.metric_label(), "implausible_epoch");
+        assert!(epochs.check_plausible(["b.z."], 21, 10).is_err());
+        // A new name is measured against the zone's highest epoch; an empty zone against 0.
+        assert!(epochs.check_plausible(["c.z."], 110, 10).is_ok());
+        assert!(epochs.check_plausible(["c.z."], 111, 10).is_err());
+        assert!(Epochs::default().check_plausible(["c.z."], u64::MAX, 1 << 40).is_err());
+        assert!(epochs.reset("a.z.", u64::MAX).check_plausible(["a.z."], u64::MAX, 1).is_ok());
+        assert_eq!(epochs.reset("a.z.", 3).get("a.z."), Some(3));
     }
 }

@@ -4,10 +4,12 @@
 //! - [`lua`]: typed LUA specs → canonical PowerDNS 4.7 bodies, validated before any write.
 //! - [`client`]: the PowerDNS API client.
 //! - [`fence`]: per-name epochs in zone metadata, per-zone commit lock.
-//! - [`api`]: the HTTP API (routes and JSON bodies are listed there), served by [`run`].
+//! - [`api`]: the HTTP API (routes, roles and JSON bodies are listed there), served by [`run`].
+//! - [`auth`]: the tokens file and its roles (`commit`, `admin`).
 //! - [`PdmClient`] and [`model`]: what a caller (the daemon) uses to talk to PDM.
 
 pub mod api;
+pub mod auth;
 pub mod client;
 pub mod config;
 mod dns;
@@ -17,6 +19,7 @@ pub mod lua;
 mod manager;
 pub mod model;
 pub mod names;
+mod ops;
 mod pdm_client;
 
 use std::future::Future;
@@ -49,7 +52,7 @@ impl Server {
     /// provider as the process default if none is installed (reqwest needs one).
     pub async fn bind(config: &Config) -> Result<Self, PdmError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let token: Arc<str> = config.token()?.into();
+        let tokens = Arc::new(config.tokens()?);
         let manager = Arc::new(manager::Manager::new(config)?);
         let tls = match &config.tls {
             Some(tls) => Some(load_tls(tls)?),
@@ -59,7 +62,12 @@ impl Server {
             .map_err(|e| PdmError::Config(format!("bind {}: {e}", config.listen)))?;
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
-        let router = api::router(api::AppState { manager: manager.clone(), token });
+        let router = api::router(api::AppState {
+            manager: manager.clone(),
+            tokens,
+            ops: Default::default(),
+            answer_within: config.commit.answer_within,
+        });
         let keep_warm_interval = config.powerdns.keep_warm_interval;
         Ok(Self { listener, local_addr, router, manager, keep_warm_interval, tls })
     }

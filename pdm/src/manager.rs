@@ -13,6 +13,8 @@ use crate::lua::{InnerType, LuaSpec};
 use crate::model::*;
 use crate::names::{in_zone, normalize, normalize_in_zone};
 
+/// Log target of zone lifecycle, delegation and epoch-reset lines (who did what).
+const AUDIT: &str = "pdm::audit";
 /// Zone metadata listing names PDM created besides committed ones (glue, delegations).
 pub const NAMES_KIND: &str = "X-PDM-NAMES";
 /// Prefix of the rrset comment holding the LUA specs a body was synthesised from.
@@ -33,6 +35,9 @@ pub struct Manager {
     dns: DnsChecker,
     locks: ZoneLocks,
     health_check_interval: Duration,
+    api_timeout: Duration,
+    dns_timeout: Duration,
+    max_epoch_step: u64,
     default_nameservers: Vec<String>,
     soa_edit_api: String,
 }
@@ -88,6 +93,9 @@ impl Manager {
             dns,
             locks: ZoneLocks::default(),
             health_check_interval: config.powerdns.health_check_interval,
+            api_timeout: config.powerdns.api_timeout,
+            dns_timeout: config.powerdns.dns_timeout,
+            max_epoch_step: config.commit.max_epoch_step,
             default_nameservers,
             soa_edit_api: config.zones.soa_edit_api.clone(),
         })
@@ -112,7 +120,22 @@ impl Manager {
         });
     }
 
-    pub async fn commit(&self, request: CommitRequest) -> Result<CommitResponse, PdmError> {
+    /// How long `request` may take at most without waiting for the zone lock: a pre-warm round
+    /// if any record has health checks, the PowerDNS calls and the verification queries.
+    pub fn commit_budget(&self, request: &CommitRequest) -> Duration {
+        let specs: Vec<&LuaSpec> = request.records.iter().filter_map(|r| r.lua.as_ref()).collect();
+        let prewarm = if specs.iter().any(|s| s.has_health_checks()) {
+            let timeout =
+                specs.iter().filter_map(|s| s.check_timeout_secs()).max().unwrap_or(DEFAULT_CHECK_TIMEOUT_SECS);
+            self.health_check_interval + Duration::from_secs(timeout.into()) + PREWARM_MARGIN
+        } else {
+            Duration::ZERO
+        };
+        let queries = u32::try_from(request.records.len()).unwrap_or(u32::MAX);
+        prewarm + self.api_timeout * 8 + self.dns_timeout.saturating_mul(queries.saturating_mul(2))
+    }
+
+    pub async fn commit(&self, request: CommitRequest, caller: &str) -> Result<CommitResponse, PdmError> {
         let zone = normalize(&request.zone)?;
         let desired = plan_rrsets(&zone, &request.records)?;
         let names: BTreeSet<&str> = desired.iter().map(|d| d.name.as_str()).collect();
@@ -121,6 +144,7 @@ impl Manager {
         let live = self.client.zone(&zone).await?;
         let epochs = Epochs::load(&self.client, &zone).await?;
         epochs.check(names.iter().copied(), request.epoch)?;
+        epochs.check_plausible(names.iter().copied(), request.epoch, self.max_epoch_step)?;
 
         let mut changes = Vec::new();
         for name in &names {
@@ -234,7 +258,7 @@ impl Manager {
                 });
             }
         }
-        tracing::info!(%zone, epoch = request.epoch, ?flipped, ?prewarmed, "committed");
+        tracing::info!(%caller, %zone, epoch = request.epoch, ?names, ?flipped, ?prewarmed, "committed");
         Ok(CommitResponse { zone, epoch: request.epoch, prewarmed, flipped, answers })
     }
 
@@ -290,7 +314,7 @@ impl Manager {
         })
     }
 
-    pub async fn create_zone(&self, request: CreateZoneRequest) -> Result<ZoneInfo, PdmError> {
+    pub async fn create_zone(&self, request: CreateZoneRequest, caller: &str) -> Result<ZoneInfo, PdmError> {
         let zone = normalize(&request.name)?;
         let nameservers = if request.nameservers.is_empty() {
             self.default_nameservers.iter().map(|n| Nameserver { name: n.clone(), addresses: Vec::new() }).collect()
@@ -318,11 +342,11 @@ impl Manager {
             self.client.put_metadata(&zone, NAMES_KIND, &glue_names).await?;
         }
         let created = self.client.zone(&zone).await?;
-        tracing::info!(%zone, "zone created");
+        tracing::info!(target: AUDIT, %caller, %zone, "zone created");
         Ok(ZoneInfo { name: created.name, kind: created.kind, serial: created.serial })
     }
 
-    pub async fn delete_zone(&self, zone: &str, params: DeleteZoneParams) -> Result<(), PdmError> {
+    pub async fn delete_zone(&self, zone: &str, params: DeleteZoneParams, caller: &str) -> Result<(), PdmError> {
         let zone = normalize(zone)?;
         let reason = params.reason.as_deref().map(str::trim).filter(|r| !r.is_empty());
         if params.force && reason.is_none() {
@@ -343,10 +367,11 @@ impl Manager {
                 let names: Vec<&str> = foreign.into_iter().collect();
                 return Err(PdmError::ZoneHasForeignRecords { zone, names: names.join(", ") });
             }
-            tracing::warn!(%zone, reason, foreign = ?foreign, "force-deleting a zone with records PDM does not own");
+            tracing::warn!(target: AUDIT, %caller, %zone, reason, foreign = ?foreign,
+                "force-deleting a zone with records PDM does not own");
         }
         self.client.delete_zone(&zone).await?;
-        tracing::info!(%zone, "zone deleted");
+        tracing::info!(target: AUDIT, %caller, %zone, force = params.force, reason, "zone deleted");
         Ok(())
     }
 
@@ -355,6 +380,7 @@ impl Manager {
         parent: &str,
         child: &str,
         request: DelegationRequest,
+        caller: &str,
     ) -> Result<DelegationResponse, PdmError> {
         let parent = normalize(parent)?;
         let child = normalize_in_zone(child, &parent)?;
@@ -400,8 +426,34 @@ impl Manager {
             self.client.put_metadata(&parent, NAMES_KIND, &names).await?;
         }
         self.client.patch_rrsets(&parent, &changes).await?;
-        tracing::info!(%parent, %child, "delegation written");
+        tracing::info!(target: AUDIT, %caller, %parent, %child, nameservers = ?ns_names, "delegation written");
         Ok(DelegationResponse { parent, child, nameservers: ns_names })
+    }
+
+    /// Sets `name`'s recorded epoch to `request.epoch` (lower or higher): the way back from an
+    /// epoch that fences the name against the lease store's real ones. Only names PDM holds an
+    /// epoch for; logged with the caller, the old and the new epoch.
+    pub async fn reset_epoch(
+        &self,
+        zone: &str,
+        name: &str,
+        request: EpochResetRequest,
+        caller: &str,
+    ) -> Result<EpochResetResponse, PdmError> {
+        let zone = normalize(zone)?;
+        let name = normalize_in_zone(name, &zone)?;
+        let reason = request.reason.trim();
+        if reason.is_empty() {
+            return Err(PdmError::InvalidRequest("an epoch reset needs a non-empty reason".into()));
+        }
+        let _guard = self.locks.lock(&zone).await;
+        let epochs = Epochs::load(&self.client, &zone).await?;
+        let old_epoch =
+            epochs.get(&name).ok_or_else(|| PdmError::NoEpoch { zone: zone.clone(), name: name.clone() })?;
+        epochs.reset(&name, request.epoch).store(&self.client, &zone).await?;
+        tracing::warn!(target: AUDIT, %caller, %zone, %name, old_epoch, new_epoch = request.epoch, reason,
+            "epoch reset");
+        Ok(EpochResetResponse { zone, name, old_epoch, new_epoch: request.epoch, by: caller.to_string() })
     }
 
     pub async fn records(&self, zone: &str, name: &str) -> Result<RecordsResponse, PdmError> {

@@ -144,6 +144,37 @@ pub struct LuaRecord {
     pub lua: LuaSpec,
 }
 
+/// 202 from `POST /v1/commit` or `GET /v1/operations/{id}`: the commit still runs; poll
+/// `GET /v1/operations/{operation}` (same token) for its answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperationPending {
+    pub operation: String,
+    /// `"pending"`.
+    pub state: String,
+    /// How much longer PDM expects the commit to take at most (a hint bounding the poll).
+    pub deadline_ms: u64,
+}
+
+/// `PUT /v1/epochs/{zone}/{name}` (admin): set the name's recorded epoch, e.g. back down after
+/// an implausible one got through or the lease store was rebuilt. Logged with the caller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EpochResetRequest {
+    pub epoch: u64,
+    /// Why (required, shows up in the log line).
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochResetResponse {
+    pub zone: String,
+    pub name: String,
+    pub old_epoch: u64,
+    pub new_epoch: u64,
+    /// The token name that reset it.
+    pub by: String,
+}
+
 /// Every 4xx/5xx answer of PDM's API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {

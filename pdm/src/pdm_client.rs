@@ -1,8 +1,8 @@
 //! A typed client for PDM's API, for the daemon (and the tests).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use reqwest::Method;
+use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -14,7 +14,12 @@ pub struct PdmClient {
     http: reqwest::Client,
     base: String,
     token: String,
+    /// Bound of one HTTP exchange; also the slack on top of PDM's own deadline when polling.
+    timeout: Duration,
 }
+
+/// [`PdmClient::with_http`] does not know its client's timeout; this is what it assumes.
+const ASSUMED_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl PdmClient {
     /// `base_url` e.g. `http://127.0.0.1:8053`. `timeout` bounds each call; a commit that times
@@ -24,16 +29,68 @@ impl PdmClient {
             .timeout(timeout)
             .build()
             .map_err(|e| PdmError::Config(format!("build HTTP client: {e}")))?;
-        Ok(Self::with_http(http, base_url, token))
+        Ok(Self { timeout, ..Self::with_http(http, base_url, token) })
     }
 
     /// Reuses a configured client (e.g. one that trusts PDM's TLS certificate).
     pub fn with_http(http: reqwest::Client, base_url: &str, token: &str) -> Self {
-        Self { http, base: base_url.trim_end_matches('/').to_string(), token: token.to_string() }
+        Self {
+            http,
+            base: base_url.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+            timeout: ASSUMED_TIMEOUT,
+        }
     }
 
+    /// Commits, following a 202 (a long commit, e.g. a pre-warm) by polling its operation until
+    /// PDM answers for good or PDM's announced deadline plus this client's timeout has passed.
+    /// Each HTTP exchange stays within the timeout. Anything that breaks off a poll leaves the
+    /// outcome unknown ([`PdmError::OutcomeUnknown`]): retry with the same epoch (a retry while
+    /// PDM still runs the commit joins it).
     pub async fn commit(&self, request: &CommitRequest) -> Result<CommitResponse, PdmError> {
-        self.call(Method::POST, "/v1/commit", Some(request)).await
+        let post = self.http.post(format!("{}/v1/commit", self.base)).bearer_auth(&self.token).json(request);
+        let mut response = post.send().await.map_err(transport)?;
+        let mut deadline: Option<Instant> = None;
+        while response.status() == StatusCode::ACCEPTED {
+            let pending: OperationPending = response
+                .json()
+                .await
+                .map_err(|e| PdmError::OutcomeUnknown(format!("decode PDM's pending answer: {e}")))?;
+            let until = *deadline
+                .get_or_insert_with(|| Instant::now() + Duration::from_millis(pending.deadline_ms) + self.timeout);
+            if Instant::now() >= until {
+                return Err(PdmError::OutcomeUnknown(format!(
+                    "PDM operation {} still pending past its deadline",
+                    pending.operation
+                )));
+            }
+            let url = format!("{}/v1/operations/{}", self.base, pending.operation);
+            response =
+                self.http.get(url).bearer_auth(&self.token).send().await.map_err(|e| {
+                    PdmError::OutcomeUnknown(format!("polling PDM operation {}: {e}", pending.operation))
+                })?;
+            if response.status() == StatusCode::NOT_FOUND {
+                return Err(PdmError::OutcomeUnknown(format!(
+                    "PDM lost operation {} (restarted?): {}",
+                    pending.operation,
+                    remote_error(response).await
+                )));
+            }
+        }
+        if !response.status().is_success() {
+            return Err(remote_error(response).await);
+        }
+        response.json().await.map_err(|e| PdmError::Transport(format!("decode PDM answer: {e}")))
+    }
+
+    /// Sets a name's recorded epoch (admin token).
+    pub async fn reset_epoch(
+        &self,
+        zone: &str,
+        name: &str,
+        request: &EpochResetRequest,
+    ) -> Result<EpochResetResponse, PdmError> {
+        self.call(Method::PUT, &format!("/v1/epochs/{zone}/{name}"), Some(request)).await
     }
 
     pub async fn zones(&self) -> Result<ZoneList, PdmError> {

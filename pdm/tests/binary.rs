@@ -32,12 +32,16 @@ fn malformed_config_is_refused_with_a_clear_error() -> anyhow::Result<()> {
     let cases = [
         ("listen = \"127.0.0.1:0\"\n", "missing field"),
         (
-            "listen = \"127.0.0.1:0\"\ntoken_file = \"/t\"\ncolour = \"blue\"\n[powerdns]\napi_url = \"http://127.0.0.1:1\"\napi_key = \"k\"\ndns_addr = \"127.0.0.1:53\"\n",
+            "listen = \"127.0.0.1:0\"\ntokens_file = \"/t\"\ncolour = \"blue\"\n[powerdns]\napi_url = \"http://127.0.0.1:1\"\napi_key = \"k\"\ndns_addr = \"127.0.0.1:53\"\n",
             "unknown field",
         ),
         (
-            "listen = \"127.0.0.1:0\"\ntoken_file = \"/nonexistent/token\"\n[powerdns]\napi_url = \"http://127.0.0.1:1\"\napi_key = \"k\"\ndns_addr = \"127.0.0.1:53\"\n",
-            "token_file /nonexistent/token",
+            "listen = \"127.0.0.1:0\"\ntokens_file = \"/nonexistent/tokens\"\n[powerdns]\napi_url = \"http://127.0.0.1:1\"\napi_key = \"k\"\ndns_addr = \"127.0.0.1:53\"\n",
+            "tokens_file /nonexistent/tokens",
+        ),
+        (
+            "listen = \"127.0.0.1:0\"\ntoken_file = \"/t\"\n[powerdns]\napi_url = \"http://127.0.0.1:1\"\napi_key = \"k\"\ndns_addr = \"127.0.0.1:53\"\n",
+            "unknown field `token_file`",
         ),
     ];
     for (text, expected) in cases {
@@ -62,14 +66,20 @@ async fn binary_serves_https_and_stops_on_sigterm() -> anyhow::Result<()> {
     let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()])?;
     std::fs::write(dir.path().join("tls.crt"), cert.cert.pem())?;
     std::fs::write(dir.path().join("tls.key"), cert.signing_key.serialize_pem())?;
-    std::fs::write(dir.path().join("token"), TOKEN)?;
+    std::fs::write(
+        dir.path().join("tokens.toml"),
+        format!("[[tokens]]\nname = \"ops\"\nrole = \"admin\"\ntoken = \"{TOKEN}\"\n"),
+    )?;
     std::fs::write(dir.path().join("pdns-key"), format!("{}\n", pdns.api_key))?;
+    for secret in ["tokens.toml", "pdns-key"] {
+        std::fs::set_permissions(dir.path().join(secret), std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    }
     let port = free_port();
     let config = dir.path().join("pdm.toml");
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:{port}\"\ntoken_file = \"{d}/token\"\n[powerdns]\napi_url = \"{api}\"\napi_key_file = \"{d}/pdns-key\"\n\
+            "listen = \"127.0.0.1:{port}\"\ntokens_file = \"{d}/tokens.toml\"\n[powerdns]\napi_url = \"{api}\"\napi_key_file = \"{d}/pdns-key\"\n\
              dns_addr = \"{dns}\"\n[zones]\ndefault_nameservers = [\"ns1.example.net.\"]\n[tls]\ncert = \"{d}/tls.crt\"\nkey = \"{d}/tls.key\"\n",
             d = dir.path().display(),
             api = pdns.api_url,

@@ -26,6 +26,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_continuum");
 pub const ZONE: &str = "continuum.test";
 pub const RECORD: &str = "db.continuum.test";
 pub const PDM_TOKEN: &str = "pdm-test-token-0123456789abcdef";
+pub const PDM_ADMIN_TOKEN: &str = "pdm-admin-token-0123456789abcdef";
 
 /// The DNS answer when `region` holds the lease.
 pub fn address_of(region: &str) -> &'static str {
@@ -367,8 +368,10 @@ impl Cluster {
         let dir = tempfile::Builder::new().prefix("continuum-e2e-").tempdir()?;
         let d = dir.path();
         std::fs::write(d.join("pdm.token"), format!("{PDM_TOKEN}\n"))?;
+        // The daemons hold a `commit` token; this harness creates the zone with an `admin` one.
+        topology::write_pdm_tokens(&d.join("pdm-tokens.toml"), PDM_TOKEN, PDM_ADMIN_TOKEN)?;
         std::fs::write(d.join("tokens.toml"), tokens_toml())?;
-        let pdm_config = topology::pdm_config(SocketAddr::from((gateway, 0)), &d.join("pdm.token"), &pdns)?;
+        let pdm_config = topology::pdm_config(SocketAddr::from((gateway, 0)), &d.join("pdm-tokens.toml"), &pdns)?;
         let server = pdm::Server::bind(&pdm_config).await?;
         let pdm_url = format!("http://{}", server.local_addr());
         let (pdm_stop, stopped) = oneshot::channel::<()>();
@@ -379,7 +382,7 @@ impl Cluster {
                 })
                 .await;
         });
-        let pdm = pdm::PdmClient::new(&pdm_url, PDM_TOKEN, Duration::from_secs(10))?;
+        let pdm = pdm::PdmClient::new(&pdm_url, PDM_ADMIN_TOKEN, Duration::from_secs(10))?;
         pdm.create_zone(&pdm::CreateZoneRequest { name: ZONE.into(), nameservers: vec![] }).await?;
 
         let ca = continuum::pki::LocalCa::new(d)?;

@@ -12,8 +12,11 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// The `admin` token [`Harness::client`] uses.
 pub const TOKEN: &str = "test-token-0123456789abcdef";
-/// The test servers' `lua-health-checks-interval`.
+/// A `commit` token (token name `daemon`), what the daemons hold.
+pub const COMMIT_TOKEN: &str = "commit-token-0123456789abcdef";
+/// The test servers' `lua-health-checks-interval` unless [`Options::check_interval_secs`] says.
 pub const CHECK_INTERVAL_SECS: u32 = 1;
 
 /// Maps the PowerDNS under test to the API URL PDM should use.
@@ -27,11 +30,22 @@ pub struct Options {
     pub keep_warm_interval: &'static str,
     /// Extra `pdns.conf` settings.
     pub pdns_settings: Vec<(&'static str, &'static str)>,
+    /// PowerDNS' `lua-health-checks-interval` (and PDM's `health_check_interval`).
+    pub check_interval_secs: u32,
+    /// Extra top-level PDM config (e.g. a `[commit]` section).
+    pub extra_config: &'static str,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { api_url: None, api_timeout: "5s", keep_warm_interval: "60s", pdns_settings: Vec::new() }
+        Self {
+            api_url: None,
+            api_timeout: "5s",
+            keep_warm_interval: "60s",
+            pdns_settings: Vec::new(),
+            check_interval_secs: CHECK_INTERVAL_SECS,
+            extra_config: "",
+        }
     }
 }
 
@@ -55,7 +69,8 @@ impl Harness {
     pub async fn start_with(options: Options) -> anyhow::Result<Self> {
         testkit::init_tracing();
         testkit::install_crypto_provider();
-        let mut builder = PowerDns::builder().health_check_interval(CHECK_INTERVAL_SECS);
+        let interval = options.check_interval_secs;
+        let mut builder = PowerDns::builder().health_check_interval(interval);
         for (key, value) in &options.pdns_settings {
             builder = builder.setting(key, value);
         }
@@ -65,17 +80,25 @@ impl Harness {
             None => pdns.api_url.clone(),
         };
         let dir = tempfile::tempdir()?;
-        let token_file = dir.path().join("token");
-        std::fs::write(&token_file, format!("{TOKEN}\n"))?;
+        let token_file = dir.path().join("tokens.toml");
+        std::fs::write(
+            &token_file,
+            format!(
+                "[[tokens]]\nname = \"ops\"\nrole = \"admin\"\ntoken = \"{TOKEN}\"\n\
+                 [[tokens]]\nname = \"daemon\"\nrole = \"commit\"\ntoken = \"{COMMIT_TOKEN}\"\n"
+            ),
+        )?;
+        std::fs::set_permissions(&token_file, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         let config = Config::from_toml(&format!(
             r#"
 listen = "127.0.0.1:0"
-token_file = "{token}"
+tokens_file = "{token}"
+{extra}
 [powerdns]
 api_url = "{api}"
 api_key = "{key}"
 dns_addr = "{dns}"
-health_check_interval = "{CHECK_INTERVAL_SECS}s"
+health_check_interval = "{interval}s"
 api_timeout = "{api_timeout}"
 keep_warm_interval = "{keep_warm}"
 dns_timeout = "2s"
@@ -83,6 +106,7 @@ dns_timeout = "2s"
 default_nameservers = ["ns1.pdm-test.invalid.", "ns2.pdm-test.invalid."]
 "#,
             token = token_file.display(),
+            extra = options.extra_config,
             api = api_url,
             api_timeout = options.api_timeout,
             keep_warm = options.keep_warm_interval,
@@ -130,6 +154,11 @@ default_nameservers = ["ns1.pdm-test.invalid.", "ns2.pdm-test.invalid."]
             task.await.context("PDM task")?;
         }
         self.start_pdm().await
+    }
+
+    /// A client holding the `commit` token, with the daemon's default `pdm.timeout` (5 s).
+    pub fn commit_client(&self) -> PdmClient {
+        PdmClient::new(&self.url, COMMIT_TOKEN, Duration::from_secs(5)).expect("PDM client")
     }
 
     /// Creates `zone` through PDM with the configured default nameservers.
