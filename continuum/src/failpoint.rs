@@ -136,6 +136,6 @@ mod tests {
     #[test]
     fn only_steps_before_the_lease_moves_roll_back() {
         let back: Vec<Step> = Step::ALL.into_iter().filter(|s| s.rolls_back()).collect();
-        assert_eq!(back, [Step::Intent, Step::Fence, Step::Drain, Step::CatchUp]);
+        assert_eq!(back, [Step::Intent, Step::Drain, Step::Fence, Step::CatchUp]);
     }
 }

@@ -97,6 +97,12 @@ pub enum Error {
         #[source]
         source: pdm::PdmError,
     },
+    #[error("traffic {op}")]
+    Traffic {
+        op: &'static str,
+        #[source]
+        source: continuum_traffic::Error,
+    },
     #[error("`continuum {command}` is not available yet: {reason}")]
     NotYetAvailable { command: &'static str, reason: &'static str },
     #[error("cannot listen on {addr}")]
@@ -143,6 +149,7 @@ impl Error {
             Error::UnsafeStep { .. } => "unsafe_step",
             Error::Lease { .. } => "lease",
             Error::Pdm { .. } => "pdm",
+            Error::Traffic { .. } => "traffic",
             Error::NotYetAvailable { .. } => "not_yet_available",
             Error::Bind { .. } => "bind",
             Error::Serve(_) => "serve",

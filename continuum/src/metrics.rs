@@ -90,6 +90,7 @@ struct Inner {
     eligible: Family<PairRegionLabels, Gauge>,
     switchovers: Family<SwitchoverLabels, Counter>,
     switchover_duration: HistogramFamily<SwitchoverLabels>,
+    switchover_started: Family<PairLabels, FloatGauge>,
     step_duration: HistogramFamily<StepLabels>,
     fences: Family<FenceLabels, Counter>,
     pdm_commit: HistogramFamily<OutcomeLabels>,
@@ -168,6 +169,13 @@ impl Metrics {
             Unit::Seconds,
             switchover_duration.clone(),
         );
+        let switchover_started = Family::<PairLabels, FloatGauge>::default();
+        registry.register_with_unit(
+            "switchover_started_timestamp",
+            "When the pair's running switchover or failover was requested (Unix time); 0 when none runs",
+            Unit::Seconds,
+            switchover_started.clone(),
+        );
         let step_duration: HistogramFamily<StepLabels> = Family::new_with_constructor(latency_histogram);
         registry.register_with_unit(
             "switchover_step_duration",
@@ -207,6 +215,7 @@ impl Metrics {
                 eligible,
                 switchovers,
                 switchover_duration,
+                switchover_started,
                 step_duration,
                 fences,
                 pdm_commit,
@@ -291,6 +300,12 @@ impl Metrics {
         let labels = SwitchoverLabels { pair: pair.into(), kind: kind.into(), outcome: outcome.into() };
         self.inner.switchovers.get_or_create(&labels).inc();
         self.inner.switchover_duration.get_or_create(&labels).observe(seconds(took));
+    }
+
+    /// The pair's switchover in flight as the last round read it (stuck-switchover alert).
+    pub fn observe_switchover_running(&self, pair: &str, requested_at: Option<std::time::SystemTime>) {
+        let at = requested_at.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0.0, seconds);
+        self.inner.switchover_started.get_or_create(&PairLabels { pair: pair.into() }).set(at);
     }
 
     pub fn observe_step(&self, step: Step, outcome: &str, took: Duration) {

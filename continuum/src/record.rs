@@ -17,10 +17,11 @@ use uuid::Uuid;
 pub enum Step {
     /// Write the switchover intent to the lease store.
     Intent,
+    /// Drain HTTP traffic away from the old region (Gateway API `HTTPRoute` weights, while it
+    /// still serves); skipped when no route is configured.
+    Drain,
     /// Stop the old primary (checkpoint, fast shutdown).
     Fence,
-    /// Drain HTTP traffic (Gateway API); reported as skipped until that integration exists.
-    Drain,
     /// Wait until the target replayed the old primary's shutdown checkpoint.
     CatchUp,
     /// The old holder releases the lease; the target acquires it (a new, higher epoch).
@@ -40,8 +41,8 @@ pub enum Step {
 impl Step {
     pub const ALL: [Step; 9] = [
         Step::Intent,
-        Step::Fence,
         Step::Drain,
+        Step::Fence,
         Step::CatchUp,
         Step::MoveLease,
         Step::Promote,
@@ -53,8 +54,8 @@ impl Step {
     pub fn as_str(self) -> &'static str {
         match self {
             Step::Intent => "intent",
-            Step::Fence => "fence",
             Step::Drain => "drain",
+            Step::Fence => "fence",
             Step::CatchUp => "catch_up",
             Step::MoveLease => "move_lease",
             Step::Promote => "promote",

@@ -298,7 +298,7 @@ mod tests {
 
     #[test]
     fn failure_before_the_lease_moves_rolls_back() {
-        for step in [Step::Fence, Step::Drain, Step::CatchUp] {
+        for step in [Step::Drain, Step::Fence, Step::CatchUp] {
             let mut record = new_record("app", "a", "b", "", "olivia", 7);
             drive(&mut record, Some(step));
             assert_eq!(record.state, SwitchoverState::RolledBack, "{step}");
@@ -310,7 +310,7 @@ mod tests {
     #[test]
     fn failure_after_the_lease_moves_is_retried_forward() {
         let mut record = new_record("app", "a", "b", "", "olivia", 7);
-        for step in [Step::Intent, Step::Fence, Step::Drain, Step::CatchUp, Step::MoveLease] {
+        for step in [Step::Intent, Step::Drain, Step::Fence, Step::CatchUp, Step::MoveLease] {
             begin(&mut record, step).unwrap();
             finish(&mut record, step, StepOutcome::Done, 1);
         }
@@ -341,8 +341,8 @@ mod tests {
         let mut record = new_record("app", "a", "b", "", "olivia", 7);
         runner.run(&mut record, Step::Intent, || async { StepOutcome::Done }).await.unwrap();
         let skipped = StepOutcome::Skipped("no HTTPRoute configured".into());
-        runner.run(&mut record, Step::Fence, || async { StepOutcome::Done }).await.unwrap();
         runner.run(&mut record, Step::Drain, || async { skipped }).await.unwrap();
+        runner.run(&mut record, Step::Fence, || async { StepOutcome::Done }).await.unwrap();
         // Out of order: refused before the action runs.
         let refused = runner
             .run(&mut record, Step::Promote, || async {
@@ -366,7 +366,7 @@ mod tests {
                 )
             })
             .collect();
-        let expected = [("intent", "done"), ("fence", "done"), ("drain", "skipped")];
+        let expected = [("intent", "done"), ("drain", "skipped"), ("fence", "done")];
         assert_eq!(steps, expected.map(|(a, b)| (a.to_string(), b.to_string())));
         let text = metrics.encode().unwrap();
         assert!(
@@ -382,7 +382,7 @@ mod tests {
         let (audit, tasks) = Audit::open(&crate::config::AuditConfig::local(&log), "a", metrics.clone()).unwrap();
         let runner = StepRunner { metrics, audit };
         let mut record = new_record("app", "a", "b", "", "olivia", 7);
-        for step in [Step::Intent, Step::Fence, Step::Drain, Step::CatchUp] {
+        for step in [Step::Intent, Step::Drain, Step::Fence, Step::CatchUp] {
             runner.run(&mut record, step, || async { StepOutcome::Done }).await.unwrap();
         }
         let released = Acted { epoch: Some(7), ..StepOutcome::Done.into() };
@@ -409,7 +409,7 @@ mod tests {
     #[test]
     fn an_unsafe_failure_after_the_move_fails_the_switchover_instead_of_retrying() {
         let mut record = new_record("app", "a", "b", "", "olivia", 7);
-        for step in [Step::Intent, Step::Fence, Step::Drain, Step::CatchUp, Step::MoveLease] {
+        for step in [Step::Intent, Step::Drain, Step::Fence, Step::CatchUp, Step::MoveLease] {
             begin(&mut record, step).unwrap();
             finish(&mut record, step, StepOutcome::Done, 1);
         }
@@ -419,8 +419,10 @@ mod tests {
         assert_eq!(next_for(&record, "b"), Next::Finished);
         // Before the move, unsafe rolls back like any failure.
         let mut record = new_record("app", "a", "b", "", "olivia", 7);
-        begin(&mut record, Step::Intent).unwrap();
-        finish(&mut record, Step::Intent, StepOutcome::Done, 1);
+        for step in [Step::Intent, Step::Drain] {
+            begin(&mut record, step).unwrap();
+            finish(&mut record, step, StepOutcome::Done, 1);
+        }
         begin(&mut record, Step::Fence).unwrap();
         finish(&mut record, Step::Fence, StepOutcome::Unsafe("timeline".into()), 1);
         assert_eq!(next_for(&record, "a"), Next::RollBack);
@@ -458,7 +460,7 @@ mod tests {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(failpoint::EXIT_CODE), "{stderr}");
         assert!(stderr.contains("failpoint after_fence hit"), "{stderr}");
-        // The intent was recorded; the fence ran but died before its record was written.
+        // The intent and the drain were recorded; the fence ran but died before its record was written.
         let kinds: Vec<String> = std::fs::read_to_string(&log)
             .unwrap()
             .lines()
@@ -466,6 +468,6 @@ mod tests {
                 serde_json::from_str::<serde_json::Value>(l).unwrap()["detail"]["step"].as_str().unwrap().to_string()
             })
             .collect();
-        assert_eq!(kinds, ["intent"]);
+        assert_eq!(kinds, ["intent", "drain"]);
     }
 }

@@ -11,7 +11,8 @@
 
 pub mod crd;
 pub mod daemon;
-pub mod drain;
+/// The drain lives in its own crate (the daemon runs it); re-exported for the reconciler's users.
+pub use continuum_traffic as drain;
 pub mod lua;
 pub mod metrics;
 pub mod rbac;
@@ -49,10 +50,6 @@ pub enum Error {
     NoDaemon { name: String },
     #[error("refused by the daemon: {message}")]
     Refused { message: String },
-    #[error("stale epoch {epoch}: {route} is already drained by epoch {current}")]
-    StaleEpoch { route: String, epoch: u64, current: u64 },
-    #[error("HTTPRoute {route}: {message}")]
-    Route { route: String, message: String },
     #[error("serialize {what}")]
     Serialize {
         what: &'static str,
@@ -70,8 +67,6 @@ impl Error {
             Error::Daemon { .. } => "daemon",
             Error::NoDaemon { .. } => "no_daemon",
             Error::Refused { .. } => "refused",
-            Error::StaleEpoch { .. } => "stale_epoch",
-            Error::Route { .. } => "route",
             Error::Serialize { .. } => "serialize",
         }
     }

@@ -31,7 +31,7 @@ pub fn config_maps(ctm: &Continuum) -> Result<Vec<ConfigMap>, Error> {
     let spec = &ctm.spec;
     let mut out = Vec::new();
     for region in &spec.regions {
-        let text = data_config(spec, region)?;
+        let text = data_config(spec, region, ctm.namespace().as_deref())?;
         let secrets = [region.tls_secret.as_str(), &spec.pdm.token_secret.name, &spec.api_tokens.tokens_file.name];
         out.push(config_map(ctm, &region.name, text, &secrets));
     }
@@ -123,7 +123,8 @@ fn common(spec: &ContinuumSpec, region: &str, role: &str, raft: toml::Table) -> 
 }
 
 /// The TOML of `region`'s data daemon.
-pub fn data_config(spec: &ContinuumSpec, region: &RegionSpec) -> Result<String, Error> {
+/// `ctm_namespace`: the resource's namespace, where its `HTTPRoute` lives.
+pub fn data_config(spec: &ContinuumSpec, region: &RegionSpec, ctm_namespace: Option<&str>) -> Result<String, Error> {
     let field = |f: &str| format!("spec.regions[{}].{f}", region.name);
     let raft = raft_section(spec, region.node_id, &region.raft_address, &field("raftAddress"))?;
     let mut doc = common(spec, &region.name, "data", raft);
@@ -150,7 +151,7 @@ pub fn data_config(spec: &ContinuumSpec, region: &RegionSpec) -> Result<String, 
             ]))
         })
         .collect();
-    let pair = table([
+    let mut pair = table([
         ("name", spec.pair.clone().into()),
         ("durability", crate::status::json_name(&spec.durability).into()),
         ("takeover", crate::status::json_name(&spec.takeover).into()),
@@ -166,6 +167,20 @@ pub fn data_config(spec: &ContinuumSpec, region: &RegionSpec) -> Result<String, 
         ("peers", toml::Value::Array(peers)),
         ("dns", toml::Value::Table(dns)),
     ]);
+    if let (Some(traffic), Some(namespace)) = (&spec.traffic, ctm_namespace) {
+        // The daemon's pod reaches the API server with its in-cluster service account, bound to
+        // the daemon's RBAC rules in this namespace.
+        let backends: toml::Table = traffic.backends.iter().map(|(r, b)| (r.clone(), b.clone().into())).collect();
+        pair.insert(
+            "traffic".into(),
+            toml::Value::Table(table([
+                ("namespace", namespace.into()),
+                ("http_route", traffic.http_route.clone().into()),
+                ("backends", toml::Value::Table(backends)),
+                ("drain_window", traffic.drain_window.clone().into()),
+            ])),
+        );
+    }
     doc.insert("pairs".into(), toml::Value::Array(vec![toml::Value::Table(pair)]));
     doc.insert(
         "pdm".into(),

@@ -93,7 +93,7 @@ impl RequestPhase {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StepStatus {
-    /// `intent`, `fence`, `drain`, `catch_up`, `move_lease`, `promote`, `dns`, `rejoin`, `audit`.
+    /// `intent`, `drain`, `fence`, `catch_up`, `move_lease`, `promote`, `dns`, `rejoin`, `restore_sync`.
     pub step: String,
     /// `pending`, `running`, `done`, `skipped`, `failed`, `rolled_back`.
     pub state: String,

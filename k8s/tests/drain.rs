@@ -4,8 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use continuum_k8s::Error;
-use continuum_k8s::drain::{self, EPOCH_ANNOTATION, Outcome, RouteTarget};
+use continuum_k8s::drain::{self, EPOCH_ANNOTATION, Error, Outcome, RouteTarget};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use serde_json::json;
 use testkit::kube::KubeApiServer;

@@ -9,7 +9,7 @@
 //! says why; under `CI=true` it panics instead, since CI must not skip these tests.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -270,6 +270,36 @@ impl KubeApiServer {
         name: &str,
         rules: Vec<PolicyRule>,
     ) -> anyhow::Result<kube::Client> {
+        let token = self.service_account_token(ns, name, rules).await?;
+        let auth = kube::config::AuthInfo { token: Some(token.into()), ..Default::default() };
+        Self::client_with(self.port, &self.ca_pem, auth)
+    }
+
+    /// As [`KubeApiServer::service_account_client`], written as a kubeconfig file at `path` for
+    /// another process (a daemon) to use.
+    pub async fn service_account_kubeconfig(
+        &self,
+        ns: &str,
+        name: &str,
+        rules: Vec<PolicyRule>,
+        path: &Path,
+    ) -> anyhow::Result<()> {
+        let token = self.service_account_token(ns, name, rules).await?;
+        // JSON is YAML: kube's kubeconfig reader takes it as is.
+        let config = serde_json::json!({
+            "apiVersion": "v1", "kind": "Config", "current-context": "test",
+            "clusters": [{ "name": "test", "cluster": {
+                "server": format!("https://127.0.0.1:{}", self.port),
+                "certificate-authority-data": base64(self.ca_pem.as_bytes()),
+            } }],
+            "users": [{ "name": name, "user": { "token": token } }],
+            "contexts": [{ "name": "test", "context": { "cluster": "test", "user": name, "namespace": ns } }],
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&config)?)?;
+        Ok(())
+    }
+
+    async fn service_account_token(&self, ns: &str, name: &str, rules: Vec<PolicyRule>) -> anyhow::Result<String> {
         self.namespace(ns).await?;
         let apply = PatchParams::apply("testkit").force();
         let meta = || ObjectMeta { name: Some(name.into()), namespace: Some(ns.into()), ..Default::default() };
@@ -299,9 +329,7 @@ impl KubeApiServer {
         let token: TokenRequest = Api::<ServiceAccount>::namespaced(self.client(), ns)
             .create_subresource("token", name, &PostParams::default(), &request)
             .await?;
-        let token = token.status.and_then(|s| s.token).context("TokenRequest without a token")?;
-        let auth = kube::config::AuthInfo { token: Some(token.into()), ..Default::default() };
-        Self::client_with(self.port, &self.ca_pem, auth)
+        token.status.and_then(|s| s.token).context("TokenRequest without a token")
     }
 
     /// Creates (or updates) every CustomResourceDefinition in the multi-document `yaml` and waits

@@ -202,6 +202,35 @@ pub struct PairConfig {
     #[serde(default)]
     pub peers: Vec<PgPeerConfig>,
     pub dns: DnsConfig,
+    /// Gateway API traffic drain (switchover step `drain`). Unset: the step is skipped.
+    #[serde(default)]
+    pub traffic: Option<TrafficConfig>,
+}
+
+/// The `HTTPRoute` whose backend weights follow the primary: before the fence the old region's
+/// weight goes to 0 over `drain_window`; after the DNS step the new region's backend gets it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrafficConfig {
+    pub namespace: String,
+    pub http_route: String,
+    /// region → the route's backendRef name serving that region (every data region listed).
+    pub backends: std::collections::BTreeMap<String, String>,
+    #[serde(with = "humantime_serde", default = "defaults::drain_window")]
+    pub drain_window: Duration,
+    /// Client configuration. Unset: in-cluster service account, then `$KUBECONFIG`.
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+impl TrafficConfig {
+    pub fn route_target(&self) -> continuum_traffic::RouteTarget {
+        continuum_traffic::RouteTarget {
+            namespace: self.namespace.clone(),
+            route: Some(self.http_route.clone()),
+            backends: self.backends.clone(),
+        }
+    }
 }
 
 impl PairConfig {
@@ -403,6 +432,11 @@ mod defaults {
     }
     pub fn dns_ttl() -> u32 {
         5
+    }
+    /// Long enough for a load balancer to stop sending new requests, short against the
+    /// switchover: it runs before the fence, so it adds to the switchover, not the write gap.
+    pub fn drain_window() -> Duration {
+        Duration::from_secs(5)
     }
     pub fn pdm_timeout() -> Duration {
         Duration::from_secs(5)

@@ -58,7 +58,7 @@ impl Config {
         self.validate_raft()?;
         self.validate_role_sections()?;
         for (i, pair) in self.pairs.iter().enumerate() {
-            validate_pair(i, pair, lease)?;
+            validate_pair(i, pair, lease, &self.region)?;
         }
         if let Some(duplicate) = first_duplicate(self.pairs.iter().map(|p| p.name.as_str())) {
             return Err(invalid("pairs", format!("pair name {duplicate:?} appears twice")));
@@ -185,7 +185,7 @@ impl Config {
     }
 }
 
-fn validate_pair(i: usize, pair: &PairConfig, lease: &LeaseConfig) -> Result<(), Error> {
+fn validate_pair(i: usize, pair: &PairConfig, lease: &LeaseConfig, region: &str) -> Result<(), Error> {
     let key = |field: &str| format!("pairs[{i}].{field}");
     if pair.name.trim().is_empty() {
         return Err(invalid(key("name"), "must not be empty"));
@@ -243,6 +243,17 @@ fn validate_pair(i: usize, pair: &PairConfig, lease: &LeaseConfig) -> Result<(),
     if !pair.dns.lua.is_empty() {
         let value = serde_json::to_value(&pair.dns.lua).map_err(|e| invalid(key("dns.lua"), e.to_string()))?;
         serde_json::from_value::<pdm::LuaSpec>(value).map_err(|e| invalid(key("dns.lua"), e.to_string()))?;
+    }
+    if let Some(traffic) = &pair.traffic {
+        if traffic.namespace.trim().is_empty() || traffic.http_route.trim().is_empty() {
+            return Err(invalid(key("traffic"), "needs a namespace and an http_route"));
+        }
+        // Both ends of every switchover need a backend: the drained one and the restored one.
+        let mut regions: Vec<&str> = pair.peers.iter().map(|p| p.region.as_str()).collect();
+        regions.push(region);
+        if let Some(missing) = regions.iter().find(|r| !traffic.backends.contains_key(**r)) {
+            return Err(invalid(key("traffic.backends"), format!("has no backendRef for region {missing}")));
+        }
     }
     Ok(())
 }

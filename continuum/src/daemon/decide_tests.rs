@@ -148,9 +148,9 @@ fn switchover(done: &[Step], last: Option<(Step, StepOutcome)>) -> SwitchoverRec
     sw
 }
 
-const BEFORE_MOVE: [Step; 4] = [Step::Intent, Step::Fence, Step::Drain, Step::CatchUp];
+const BEFORE_MOVE: [Step; 4] = [Step::Intent, Step::Drain, Step::Fence, Step::CatchUp];
 const THROUGH_DNS: [Step; 7] =
-    [Step::Intent, Step::Fence, Step::Drain, Step::CatchUp, Step::MoveLease, Step::Promote, Step::Dns];
+    [Step::Intent, Step::Drain, Step::Fence, Step::CatchUp, Step::MoveLease, Step::Promote, Step::Dns];
 
 /// a holds the lease with b streaming synchronously and recorded.
 fn healthy_holder() -> Observation {
@@ -370,7 +370,8 @@ fn standby_and_failover_branches() {
 #[test]
 fn switchover_branches() {
     let fresh = switchover(&[], None);
-    let failed_fence = switchover(&[Step::Intent], Some((Step::Fence, StepOutcome::Failed("boom".into()))));
+    let failed_fence =
+        switchover(&[Step::Intent, Step::Drain], Some((Step::Fence, StepOutcome::Failed("boom".into()))));
     let mut after_move = BEFORE_MOVE.to_vec();
     after_move.push(Step::MoveLease);
     let failed_promote = switchover(&after_move, Some((Step::Promote, StepOutcome::Failed("timeout".into()))));
@@ -453,7 +454,7 @@ fn switchover_branches() {
 
 #[test]
 fn a_silent_old_holder_is_superseded_by_failover_only_before_the_lease_moved() {
-    let fenced = switchover(&[Step::Intent, Step::Fence], None);
+    let fenced = switchover(&[Step::Intent, Step::Drain], None);
     let silent = |t: &mut Timers| t.record_silent_for = Duration::from_millis(LEASE_MS);
     let check = FailoverCheck { eligible: Ok(()), verdict: Ok(Duration::from_millis(LEASE_MS)) };
     assert_eq!(
@@ -490,7 +491,7 @@ fn a_silent_old_holder_is_superseded_by_failover_only_before_the_lease_moved() {
 
 #[test]
 fn a_finished_switchover_leaves_the_roles_to_act() {
-    let mut done = switchover(&[Step::Intent], Some((Step::Fence, StepOutcome::Failed("boom".into()))));
+    let mut done = switchover(&[Step::Intent, Step::Drain], Some((Step::Fence, StepOutcome::Failed("boom".into()))));
     crate::switchover::rolled_back(&mut done);
     assert_eq!(decide(&with_switchover(healthy_holder(), &done), &timers()), hold(Duty::Sync(SyncChange::Keep)));
 }

@@ -33,6 +33,7 @@ mod requests;
 mod standby;
 mod status;
 mod steps;
+mod traffic;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

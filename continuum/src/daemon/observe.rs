@@ -57,6 +57,8 @@ impl PairCtl {
             seen.seq_changed = Some((record.seq, Instant::now()));
         }
         let switchover = record::stored(&record);
+        let running = switchover.as_ref().ok().and_then(Option::as_ref).filter(|sw| !sw.state.is_finished());
+        self.metrics.observe_switchover_running(self.name(), running.map(|sw| sw.requested_at));
         match &switchover {
             Ok(Some(sw)) => self.note_switchover(&mut seen, sw),
             Ok(None) => {}

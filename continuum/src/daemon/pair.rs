@@ -68,6 +68,8 @@ pub(super) struct PairCtl {
     pub lease: Arc<dyn LeaseApi>,
     pub driver: PlainDriver,
     pub pdm: Pdm,
+    /// The Gateway API route the switchover drains, if configured.
+    pub traffic: Option<super::traffic::Traffic>,
     pub handle_cfg: HandleConfig,
     /// How long the lease fence may take before the postmaster is killed (below the fence lead).
     pub fence_timeout: Duration,
@@ -97,6 +99,7 @@ impl PairCtl {
             lease: shared.lease.clone(),
             driver,
             pdm: shared.pdm.clone(),
+            traffic: cfg.traffic.clone().map(super::traffic::Traffic::new),
             handle_cfg: config.lease.handle_config(),
             fence_timeout: config.lease.effective_fence_timeout(),
             runner: StepRunner { metrics: shared.metrics.clone(), audit: shared.audit.clone() },

@@ -171,11 +171,18 @@ impl PairCtl {
                         None,
                     ),
                     Step::Fence => ("CHECKPOINT and fast shutdown of the old primary", vec![], None),
-                    Step::Drain => (
-                        "drain HTTP traffic",
-                        vec![],
-                        Some("no HTTPRoute drain configured (Gateway API pending)".to_string()),
-                    ),
+                    Step::Drain => match &self.cfg.traffic {
+                        Some(_) => (
+                            "drain HTTP traffic: the HTTPRoute's weight for the old region to 0 over the drain window",
+                            vec![],
+                            None,
+                        ),
+                        None => (
+                            "drain HTTP traffic",
+                            vec![],
+                            Some("no HTTPRoute configured (pairs[].traffic)".to_string()),
+                        ),
+                    },
                     Step::CatchUp => (
                         "wait until the target replayed the shutdown checkpoint",
                         vec![pre(&format!("{to} streams as synchronous standby"), target_ok, None)],

@@ -163,7 +163,7 @@ fn failover_record(pair: &str, from: &str, to: &str, reason: &str, before: u64, 
     sw.state = SwitchoverState::Running;
     mark(&mut sw, Step::Intent, StepState::Skipped, Some("automatic failover"));
     mark(&mut sw, Step::Fence, StepState::Skipped, Some("the old holder's lease expired; it fences itself"));
-    mark(&mut sw, Step::Drain, StepState::Skipped, Some("no HTTPRoute drain configured"));
+    mark(&mut sw, Step::Drain, StepState::Skipped, Some("automatic failover: the route is not touched"));
     mark(&mut sw, Step::CatchUp, StepState::Skipped, Some("eligibility checked: recorded synchronous standby"));
     mark(&mut sw, Step::MoveLease, StepState::Done, None);
     sw.epoch_after = Some(after);

@@ -72,6 +72,10 @@ impl PairCtl {
         if !self.driver.is_running().await.unwrap_or(false) {
             self.start_local().await?;
         }
+        // Serving again: the drained route's weight comes back too (a no-op when it never moved).
+        if sw.step(Step::Drain).is_some_and(|s| s.state == StepState::Done) {
+            self.restore_traffic(record.epoch).await?;
+        }
         switchover::rolled_back(&mut sw);
         self.finish_record(record, &sw).await
     }
@@ -86,9 +90,7 @@ impl PairCtl {
                 match step {
                     Step::Intent => Acted::from(StepOutcome::Done),
                     Step::Fence => ended(step, self.step_fence().await),
-                    Step::Drain => {
-                        StepOutcome::Skipped("no HTTPRoute drain configured (Gateway API pending)".into()).into()
-                    }
+                    Step::Drain => ended(step, self.step_drain(record.epoch).await),
                     Step::CatchUp => ended(step, self.step_catch_up(&before).await),
                     Step::MoveLease => ended(step, self.step_move_lease(record).await),
                     Step::Promote => ended(step, self.step_promote(record, &before).await),
@@ -178,11 +180,18 @@ impl PairCtl {
         Ok(Acted { epoch: Some(epoch), write_gap_ms: gap, ..StepOutcome::Done.into() })
     }
 
-    /// Target: commit the pair's DNS record with the new epoch ([`super::dns`]).
+    /// Target: commit the pair's DNS record with the new epoch ([`super::dns`]), then restore the
+    /// HTTP route's weight toward this region.
     async fn step_dns(&self, record: &LeaseRecord) -> Result<Acted, Error> {
         let epoch = self.ensure_handle(record, "switchover").await?;
         self.commit_dns(epoch).await?;
-        Ok(Acted { epoch: Some(epoch), ..StepOutcome::Done.into() })
+        // Then the HTTP route, toward this region under the new epoch (what the drain moved away).
+        let routed = self.restore_traffic(epoch).await?;
+        Ok(Acted {
+            epoch: Some(epoch),
+            detail: routed.detail.map(|w| format!("route {w}")),
+            ..StepOutcome::Done.into()
+        })
     }
 
     /// Old primary: rejoin as a standby of the new one.

@@ -186,6 +186,8 @@ pub struct Options {
     /// `b`) through a `testkit::proxy` per direction, so tests can add latency or cut links
     /// with [`Cluster::set_links`]. Loopback only.
     pub link_proxies: bool,
+    /// The pair's Gateway API route (switchover drain step); unset: the step is skipped.
+    pub traffic: Option<continuum::config::TrafficConfig>,
 }
 
 impl Options {
@@ -201,6 +203,7 @@ impl Options {
         pair.auto_failover = self.auto_failover;
         pair.switchover_rejoin_timeout = duration(self.switchover_rejoin_timeout)?;
         pair.primary_down_timeout = duration(self.primary_down_timeout)?;
+        pair.traffic = self.traffic.clone();
         Ok(())
     }
 }
@@ -216,6 +219,7 @@ impl Default for Options {
             default_timings: false,
             namespaces: false,
             link_proxies: false,
+            traffic: None,
         }
     }
 }

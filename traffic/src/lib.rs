@@ -1,6 +1,8 @@
-//! Gateway API traffic drain (switchover step `drain`): the old primary region's `HTTPRoute`
-//! backend weight goes to 0 over a window, and after the DNS step [`restore`] gives the new
-//! primary's backend the weight the old one had.
+//! Gateway API traffic drain (switchover step `drain`, before the fence): the old primary
+//! region's `HTTPRoute` backend weight goes to 0 over a window, and after the DNS step
+//! [`restore`] gives the new primary's backend the weight the old one had. The daemon runs it
+//! (its own crate so the daemon need not depend on the Kubernetes reconciler); the RBAC it needs
+//! is `charts/continuum/files/rbac/daemon.yaml`.
 //!
 //! Fencing: every write tags the route with the switchover's lease epoch
 //! ([`EPOCH_ANNOTATION`]) and is conditional on the `resourceVersion` it read, so a daemon
@@ -9,13 +11,68 @@
 //! an absolute weight computed from the weight recorded at the start of the drain
 //! ([`FROM_WEIGHT_ANNOTATION`]), so re-running after a crash resumes from where the route is.
 
+use std::path::Path;
 use std::time::Duration;
 
 use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use serde_json::{Value, json};
 
-use crate::Error;
+/// Every error of the drain. Variant names are metric/log labels ([`Error::label`]).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes client configuration ({from})")]
+    Config {
+        from: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("Kubernetes API: {action}")]
+    Kube {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("stale epoch {epoch}: {route} is already drained by epoch {current}")]
+    StaleEpoch { route: String, epoch: u64, current: u64 },
+    #[error("HTTPRoute {route}: {message}")]
+    Route { route: String, message: String },
+}
+
+impl Error {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Error::Config { .. } => "config",
+            Error::Kube { .. } => "kube",
+            Error::StaleEpoch { .. } => "stale_epoch",
+            Error::Route { .. } => "route",
+        }
+    }
+
+    fn kube(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+        let action = action.into();
+        move |source| Error::Kube { action, source }
+    }
+}
+
+/// A client from `kubeconfig`, or else the usual inference (in-cluster service account, then
+/// `$KUBECONFIG` / `~/.kube/config`).
+pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, Error> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let from = path.display().to_string();
+            let file = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| Error::Config { from: from.clone(), source: Box::new(e) })?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| Error::Config { from, source: Box::new(e) })?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| Error::Config { from: "in-cluster or $KUBECONFIG".into(), source: Box::new(e) })?,
+    };
+    Client::try_from(config).map_err(Error::kube("build the client"))
+}
 
 pub const EPOCH_ANNOTATION: &str = "dr.openova.io/traffic-epoch";
 /// The drained backend's weight when its drain started (what [`restore`] hands on).
