@@ -382,25 +382,21 @@ fn or_dash(value: Option<&str>) -> &str {
     value.unwrap_or("-")
 }
 
-fn state_name(state: SwitchoverState) -> &'static str {
-    match state {
-        SwitchoverState::Pending => "pending",
-        SwitchoverState::Running => "running",
-        SwitchoverState::Succeeded => "succeeded",
-        SwitchoverState::RolledBack => "rolled back",
-        SwitchoverState::Failed => "failed",
+/// The name the API and the console use for a value (`preferred`, `lease-expiry`,
+/// `rolled_back`), so the CLI never shows Rust's own names.
+fn wire<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(name)) => name,
+        other => format!("{other:?}"),
     }
 }
 
-fn step_state_name(state: StepState) -> &'static str {
-    match state {
-        StepState::Pending => "pending",
-        StepState::Running => "running",
-        StepState::Done => "done",
-        StepState::Skipped => "skipped",
-        StepState::Failed => "failed",
-        StepState::RolledBack => "rolled-back",
-    }
+fn state_name(state: SwitchoverState) -> String {
+    wire(&state)
+}
+
+fn step_state_name(state: StepState) -> String {
+    wire(&state)
 }
 
 fn print_outcome(record: &SwitchoverRecord) {
@@ -434,12 +430,12 @@ fn print_status(status: &Status) {
             LeaseState::Unknown => "unknown".into(),
         };
         println!(
-            "\npair {}: holder {}, epoch {}, lease {lease}, durability {:?}, takeover {:?}, auto-failover {}",
+            "\npair {}: holder {}, epoch {}, lease {lease}, durability {}, takeover {}, auto-failover {}",
             pair.name,
             or_dash(pair.holder.as_deref()),
             pair.epoch,
-            pair.durability,
-            pair.takeover,
+            wire(&pair.durability),
+            wire(&pair.takeover),
             if pair.auto_failover { "on" } else { "off" }
         );
         println!("  sync standby: {}", or_dash(pair.sync_standby.as_deref()));
@@ -459,7 +455,7 @@ fn print_status(status: &Status) {
             println!(
                 "  {:<16} {:<8} {:>14} {:>10} {:<6} {eligible}",
                 region.region,
-                format!("{:?}", region.role).to_lowercase(),
+                wire(&region.role),
                 region.lag_bytes.map(|b| b.to_string()).unwrap_or_else(|| "-".into()),
                 region.lag_seconds.map(|s| format!("{s:.2}s")).unwrap_or_else(|| "-".into()),
                 or_dash(region.sync_state.as_deref()),
@@ -506,9 +502,9 @@ fn print_plan(plan: &Plan) {
 
 fn print_record(record: &SwitchoverRecord) {
     println!(
-        "switchover {} ({:?}) pair {}: {} -> {}, requested by {} at {}: {}",
+        "switchover {} ({}) pair {}: {} -> {}, requested by {} at {}: {}",
         record.id,
-        record.kind,
+        wire(&record.kind),
         record.pair,
         record.from,
         record.to,
@@ -541,7 +537,7 @@ fn print_history(records: &[SwitchoverRecord]) {
             "{:<36}  {:<10} {:<9} {:<20} {:<11} {:>9} {:>9}",
             r.id,
             r.pair,
-            format!("{:?}", r.kind).to_lowercase(),
+            wire(&r.kind),
             format!("{} -> {}", r.from, r.to),
             state_name(r.state),
             took,
