@@ -234,6 +234,20 @@ async fn the_printed_commands_work_and_sigterm_to_the_script_cleans_up() {
     let dig = format!("{} +short", printed.after("DNS:"));
     assert_eq!(text(&run_printed(&dig, "").await.stdout).trim(), "127.0.0.1", "{dig}");
 
+    // The daemons' own logs (in the demo's directory) say nothing alarming about a normal start.
+    let data_a = std::path::PathBuf::from(printed.lines.iter().find_map(|l| l.trim().strip_prefix("data ")).unwrap());
+    let dir = data_a
+        .ancestors()
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("continuum-demo-")))
+        .unwrap_or_else(|| panic!("{} is not inside a continuum-demo- directory", data_a.display()))
+        .to_path_buf();
+    for region in ["a", "b", "w"] {
+        let log = std::fs::read_to_string(dir.join(format!("daemon-{region}.log"))).unwrap();
+        let alarming: Vec<&str> = log.lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).collect();
+        assert!(alarming.is_empty(), "daemon {region} warned during a normal start:\n{}", alarming.join("\n"));
+        assert!(!log.contains('\u{1b}') && log.contains("INFO"), "plain lines in daemon-{region}.log:\n{log}");
+    }
+
     // The switchover as printed moves the primary, and DNS follows.
     let out = run_printed(&try_switchover, "").await;
     let switched = text(&out.stdout);
@@ -248,13 +262,6 @@ async fn the_printed_commands_work_and_sigterm_to_the_script_cleans_up() {
     let out = run_printed(&psql, "select 'writable=' || (not pg_is_in_recovery())::text;\n").await;
     assert!(text(&out.stdout).contains("writable=true"), "the multi-host string finds b: {}", text(&out.stderr));
 
-    // The demo's directory: the printed data directories live in it.
-    let data_a = std::path::PathBuf::from(printed.lines.iter().find_map(|l| l.trim().strip_prefix("data ")).unwrap());
-    let dir = data_a
-        .ancestors()
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("continuum-demo-")))
-        .unwrap_or_else(|| panic!("{} is not inside a continuum-demo- directory", data_a.display()))
-        .to_path_buf();
     let mut pids: Vec<i64> = vec![printed.after("witness pid").parse().unwrap()];
     for region in ["a", "b"] {
         pids.push(printed.region_field(region, "daemon pid").parse().unwrap());
