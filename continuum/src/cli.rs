@@ -19,6 +19,9 @@ use crate::api::{
 use crate::config::{Config, Role};
 use crate::telemetry::LogFormat;
 
+mod generate;
+mod watch;
+
 /// How often `switchover` polls for progress.
 const FOLLOW_INTERVAL: Duration = Duration::from_millis(200);
 /// How long `switchover` keeps following through unreachable-daemon errors (e.g. its restart).
@@ -52,7 +55,17 @@ pub enum Command {
     /// Validate a configuration file and exit (status 64 when invalid).
     CheckConfig(ConfigArg),
     /// Show the pairs, lease holder, epoch, roles and lag.
-    Status(ClientArgs),
+    Status {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Keep showing it, refreshed in place on a terminal (a plain re-print otherwise, one
+        /// JSON line per refresh with --json) until Ctrl-C.
+        #[arg(long, short)]
+        watch: bool,
+        /// Pause between two refreshes with --watch, e.g. `500ms`, `2s`.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
+        interval: Duration,
+    },
     /// Dry run of a switchover: its steps, preconditions and blockers.
     Plan {
         #[command(flatten)]
@@ -84,6 +97,18 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
         id: Option<Uuid>,
+    },
+    /// Print a shell completion script, e.g.
+    /// `continuum completions bash > /etc/bash_completion.d/continuum`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff: `continuum man | man -l -`), or with --dir write one page
+    /// per command there (`continuum.1`, `continuum-status.1`, ...).
+    Man {
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -159,13 +184,16 @@ pub async fn execute(cli: Cli) -> Result<(), Error> {
             );
             Ok(())
         }
-        Command::Status(client) => {
+        Command::Status { client, watch, interval } => {
             let api = ApiClient::new(&client)?;
+            if watch {
+                return watch::status(&api, client.json, interval).await;
+            }
             let status: Status = api.get("/v1/status").await?;
             if client.json {
                 print_json(&status)
             } else {
-                print_status(&status)
+                print!("{}", render_status(&status))
             }
             Ok(())
         }
@@ -219,6 +247,11 @@ pub async fn execute(cli: Cli) -> Result<(), Error> {
             }
             Ok(())
         }
+        Command::Completions { shell } => {
+            generate::completions(shell, &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { dir } => generate::man(dir.as_deref()),
     }
 }
 
@@ -382,25 +415,21 @@ fn or_dash(value: Option<&str>) -> &str {
     value.unwrap_or("-")
 }
 
-fn state_name(state: SwitchoverState) -> &'static str {
-    match state {
-        SwitchoverState::Pending => "pending",
-        SwitchoverState::Running => "running",
-        SwitchoverState::Succeeded => "succeeded",
-        SwitchoverState::RolledBack => "rolled back",
-        SwitchoverState::Failed => "failed",
+/// The name the API and the console use for a value (`preferred`, `lease-expiry`,
+/// `rolled_back`), so the CLI never shows Rust's own names.
+fn wire<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(name)) => name,
+        other => format!("{other:?}"),
     }
 }
 
-fn step_state_name(state: StepState) -> &'static str {
-    match state {
-        StepState::Pending => "pending",
-        StepState::Running => "running",
-        StepState::Done => "done",
-        StepState::Skipped => "skipped",
-        StepState::Failed => "failed",
-        StepState::RolledBack => "rolled-back",
-    }
+fn state_name(state: SwitchoverState) -> String {
+    wire(&state)
+}
+
+fn step_state_name(state: StepState) -> String {
+    wire(&state)
 }
 
 fn print_outcome(record: &SwitchoverRecord) {
@@ -425,48 +454,55 @@ fn print_outcome(record: &SwitchoverRecord) {
     }
 }
 
-fn print_status(status: &Status) {
-    println!("daemon region: {}", status.region);
+/// The text `status` prints.
+fn render_status(status: &Status) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "daemon region: {}", status.region);
     for pair in &status.pairs {
         let lease = match pair.lease.state {
             LeaseState::Held => format!("held, {} left", millis(pair.lease.remaining_ms)),
             LeaseState::Expired => "expired".into(),
             LeaseState::Unknown => "unknown".into(),
         };
-        println!(
-            "\npair {}: holder {}, epoch {}, lease {lease}, durability {:?}, takeover {:?}, auto-failover {}",
+        let _ = writeln!(
+            out,
+            "\npair {}: holder {}, epoch {}, lease {lease}, durability {}, takeover {}, auto-failover {}",
             pair.name,
             or_dash(pair.holder.as_deref()),
             pair.epoch,
-            pair.durability,
-            pair.takeover,
+            wire(&pair.durability),
+            wire(&pair.takeover),
             if pair.auto_failover { "on" } else { "off" }
         );
-        println!("  sync standby: {}", or_dash(pair.sync_standby.as_deref()));
+        let _ = writeln!(out, "  sync standby: {}", or_dash(pair.sync_standby.as_deref()));
         if let Some(blocked) = &pair.writes_blocked {
-            println!("  WRITES BLOCKED: {blocked}");
+            let _ = writeln!(out, "  WRITES BLOCKED: {blocked}");
         }
         if let Some(id) = pair.in_flight {
-            println!("  switchover in flight: {id}");
+            let _ = writeln!(out, "  switchover in flight: {id}");
         }
-        println!("  {:<16} {:<8} {:>14} {:>10} {:<6} eligible", "region", "role", "lag bytes", "lag", "sync");
+        let _ =
+            writeln!(out, "  {:<16} {:<8} {:>14} {:>10} {:<6} eligible", "region", "role", "lag bytes", "lag", "sync");
         for region in &pair.regions {
             let eligible = match (&region.eligible, &region.ineligible_reason) {
                 (true, _) => "yes".to_string(),
                 (false, Some(reason)) => format!("no: {reason}"),
                 (false, None) => "no".to_string(),
             };
-            println!(
+            let _ = writeln!(
+                out,
                 "  {:<16} {:<8} {:>14} {:>10} {:<6} {eligible}",
                 region.region,
-                format!("{:?}", region.role).to_lowercase(),
+                wire(&region.role),
                 region.lag_bytes.map(|b| b.to_string()).unwrap_or_else(|| "-".into()),
                 region.lag_seconds.map(|s| format!("{s:.2}s")).unwrap_or_else(|| "-".into()),
                 or_dash(region.sync_state.as_deref()),
             );
         }
         if let Some(last) = &pair.last_switchover {
-            println!(
+            let _ = writeln!(
+                out,
                 "  last switchover: {} {} -> {} {} at {}",
                 last.id,
                 last.from,
@@ -476,6 +512,7 @@ fn print_status(status: &Status) {
             );
         }
     }
+    out
 }
 
 fn print_plan(plan: &Plan) {
@@ -506,9 +543,9 @@ fn print_plan(plan: &Plan) {
 
 fn print_record(record: &SwitchoverRecord) {
     println!(
-        "switchover {} ({:?}) pair {}: {} -> {}, requested by {} at {}: {}",
+        "switchover {} ({}) pair {}: {} -> {}, requested by {} at {}: {}",
         record.id,
-        record.kind,
+        wire(&record.kind),
         record.pair,
         record.from,
         record.to,
@@ -541,7 +578,7 @@ fn print_history(records: &[SwitchoverRecord]) {
             "{:<36}  {:<10} {:<9} {:<20} {:<11} {:>9} {:>9}",
             r.id,
             r.pair,
-            format!("{:?}", r.kind).to_lowercase(),
+            wire(&r.kind),
             format!("{} -> {}", r.from, r.to),
             state_name(r.state),
             took,

@@ -91,6 +91,8 @@ struct Facts {
     dns_port: u16,
     pdm_url: String,
     dir: String,
+    /// Absolute path of this `continuum` binary: the printed commands work without it on PATH.
+    cli: String,
 }
 
 /// Runs the demo until `shutdown` resolves.
@@ -278,6 +280,7 @@ pub async fn run(json: bool, shutdown: impl std::future::Future<Output = ()>) ->
         dns_port,
         pdm_url: pdm_url.clone(),
         dir: d.display().to_string(),
+        cli: exe.display().to_string(),
     };
     if json {
         println!("{}", serde_json::to_string(&facts).map_err(|e| fail(e.to_string()))?);
@@ -314,9 +317,20 @@ fn print_facts(facts: &Facts) {
     println!("  connect:      psql \"{}\"", facts.conninfo);
     println!("  DNS:          dig @127.0.0.1 -p {} {} A", facts.dns_port, facts.dns_name);
     println!("  PDM:          {}", facts.pdm_url);
-    println!("\n  try:  CONTINUUM_TOKEN={} continuum status --api {}", facts.owner_token, facts.regions[0].api_url);
+    let cli = shell_word(&facts.cli);
+    println!("\n  try:  CONTINUUM_TOKEN={} {cli} status --api {}", facts.owner_token, facts.regions[0].api_url);
     println!(
-        "        CONTINUUM_TOKEN={} continuum switchover --to b --yes --api {}",
+        "        CONTINUUM_TOKEN={} {cli} switchover --to b --yes --api {}",
         facts.owner_token, facts.regions[0].api_url
     );
+}
+
+/// `word` as one shell word: as it is when it holds nothing the shell would interpret, else in
+/// single quotes, so a printed command pastes as printed.
+fn shell_word(word: &str) -> String {
+    if !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+:=@%,".contains(c)) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
 }

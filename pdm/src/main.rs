@@ -1,5 +1,6 @@
 //! `pdm --config FILE`: serves PDM's API until SIGINT or SIGTERM.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::Parser;
@@ -19,6 +20,8 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        // Colours only at a terminal (journald and log files get plain text), never with NO_COLOR.
+        .with_ansi(std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()))
         .init();
     let args = Args::parse();
     let config = pdm::Config::from_file(&args.config)?;
