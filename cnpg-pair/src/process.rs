@@ -36,7 +36,7 @@ pub fn lookup_user(name: &str) -> Result<RunAs> {
 }
 
 /// One server as `pg_ctl` sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Server {
     /// Names the server in errors and logs.
     pub node: String,
@@ -171,6 +171,96 @@ pub fn postmaster_pid(server: &Server) -> Option<i32> {
     text.lines().next()?.trim().parse().ok()
 }
 
+/// One process, told apart from a later one that reuses its pid by its start time (clock ticks
+/// after boot, `/proc/<pid>/stat` field 22).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessId {
+    pub pid: i32,
+    pub start_time: u64,
+}
+
+impl ProcessId {
+    /// The live process `pid` (a zombie counts as gone).
+    pub fn of(pid: i32) -> Option<Self> {
+        let stat = read_stat(pid)?;
+        (!stat.zombie).then_some(ProcessId { pid, start_time: stat.start_time })
+    }
+
+    /// Whether this very process still runs (same pid, same start time, not a zombie).
+    pub fn is_alive(&self) -> bool {
+        ProcessId::of(self.pid).is_some_and(|now| now.start_time == self.start_time)
+    }
+
+    /// Whether it leads its own process group (the postmaster does: `pg_ctl` starts it with
+    /// `setsid`), so that a signal to the group reaches its backends too.
+    fn leads_group(&self) -> bool {
+        read_stat(self.pid).is_some_and(|s| s.pgrp == self.pid && s.start_time == self.start_time)
+    }
+}
+
+struct Stat {
+    zombie: bool,
+    pgrp: i32,
+    start_time: u64,
+}
+
+fn read_stat(pid: i32) -> Option<Stat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid pgrp ...`: comm may hold spaces and parentheses, so split after
+    // the last `)`; field 3 (state) is then index 0.
+    let fields: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(Stat {
+        zombie: matches!(*fields.first()?, "Z" | "X" | "x"),
+        pgrp: fields.get(2)?.parse().ok()?,
+        start_time: fields.get(19)?.parse().ok()?,
+    })
+}
+
+/// The running postmaster of `server`, if `postmaster.pid` names a live process.
+pub fn postmaster(server: &Server) -> Option<ProcessId> {
+    ProcessId::of(postmaster_pid(server)?)
+}
+
+/// How long a killed postmaster may take to be gone before the stop counts as failed.
+const KILL_GRACE: Duration = Duration::from_secs(2);
+
+/// Stops the server so that it takes no more writes, and confirms it: `pg_ctl stop -m
+/// immediate` within `deadline`; if that fails or the postmaster is still there, SIGKILL of the
+/// postmaster's process group (its backends with it). `Ok` only once the postmaster that ran
+/// when the call began is gone; a server that was not running counts as stopped.
+pub async fn fence_stop(server: &Server, deadline: Duration) -> Result<()> {
+    // Identified before the stop: a stop that times out may leave no way to find it.
+    let Some(target) = postmaster(server) else { return Ok(()) };
+    let stopped = stop(server, "immediate", deadline).await;
+    if !target.is_alive() {
+        return Ok(());
+    }
+    tracing::error!(node = %server.node, pid = target.pid, ?stopped, "postmaster still running after the immediate stop: killing its process group");
+    kill(target);
+    let gone = tokio::time::Instant::now() + KILL_GRACE;
+    while target.is_alive() {
+        if tokio::time::Instant::now() >= gone {
+            return Err(Error::Timeout {
+                node: server.node.clone(),
+                what: "postmaster exit after SIGKILL",
+                after: KILL_GRACE,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// SIGKILL of `target`'s process group when it leads one, else of the process alone.
+fn kill(target: ProcessId) {
+    if !target.is_alive() {
+        return;
+    }
+    let pid = if target.leads_group() { -target.pid } else { target.pid };
+    // SAFETY: kill has no memory-safety preconditions; the target was checked just before.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,6 +270,23 @@ mod tests {
         assert_eq!(pg_ctl_wait(Duration::from_secs(6)), OsString::from("5"));
         assert_eq!(pg_ctl_wait(Duration::from_millis(200)), OsString::from("1"));
         assert_eq!(pg_ctl_wait(Duration::from_secs(65)), OsString::from("64"));
+    }
+
+    #[test]
+    fn a_process_is_known_by_pid_and_start_time() {
+        let me = ProcessId::of(std::process::id() as i32).expect("this process runs");
+        assert!(me.is_alive());
+        assert!(!ProcessId { start_time: me.start_time + 1, ..me }.is_alive(), "a reused pid is another process");
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let sleeper = ProcessId::of(child.id() as i32).unwrap();
+        child.kill().unwrap();
+        // Killed but not reaped: a zombie counts as gone.
+        let gone = std::time::Instant::now() + Duration::from_secs(5);
+        while sleeper.is_alive() && std::time::Instant::now() < gone {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!sleeper.is_alive());
+        child.wait().unwrap();
     }
 
     #[test]

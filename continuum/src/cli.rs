@@ -110,6 +110,12 @@ pub enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Internal: the fence watchdog a data daemon starts (see `continuum::watchdog`).
+    #[command(hide = true)]
+    FenceWatchdog {
+        #[arg(long)]
+        state_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -169,6 +175,7 @@ pub async fn execute(cli: Cli) -> Result<(), Error> {
             crate::run(config, shutdown_signal()).await
         }
         Command::Demo { json } => crate::demo::run(json, shutdown_signal()).await,
+        Command::FenceWatchdog { state_dir } => crate::watchdog::run(&state_dir).await,
         Command::CheckConfig(args) => {
             let config = Config::load(&args.config)?;
             let role = match config.role {

@@ -212,6 +212,8 @@ pub async fn run(json: bool, shutdown: impl std::future::Future<Output = ()>) ->
     for mut config in topology.configs()? {
         for pair in &mut config.pairs {
             pair.failover_debounce = Duration::from_secs(30);
+            // Ctrl-C stops every daemon at once: no peer would be left to hand the lease to.
+            pair.on_shutdown = crate::config::OnShutdown::Fence;
         }
         let region = config.region.clone();
         let path = d.join(format!("{region}.toml"));

@@ -14,6 +14,8 @@
 //!   loop per pair (observe → pure [`daemon::decide()`] → the holder, standby or switchover
 //!   step it names); see its docs for the path of one switchover through the files.
 //! - [`witness`]: the third site's voting node.
+//! - [`watchdog`]: the fence watchdog process that stops the local server at the lease
+//!   deadline when its daemon is gone.
 //! - [`demo`]: `continuum demo`, the whole system on loopback; [`pki`]: its throwaway CA;
 //!   [`topology`]: typed configs of such a deployment (demo, e2e harness, benchmarks).
 //! - [`cli`]: the `continuum` command line (daemon and API client).
@@ -22,6 +24,7 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod daemon;
@@ -33,6 +36,7 @@ pub mod record;
 pub mod switchover;
 pub mod telemetry;
 pub mod topology;
+pub mod watchdog;
 pub mod witness;
 
 use std::future::Future;
@@ -129,6 +133,9 @@ pub enum Error {
     },
     #[error("{status}: {code}: {message}")]
     Api { status: u16, code: String, message: String },
+    /// The fence watchdog could not be started or did not confirm a request.
+    #[error("fence watchdog: {message}")]
+    Watchdog { message: String },
     #[error("internal error: {message}")]
     Internal { message: String },
 }
@@ -157,6 +164,7 @@ impl Error {
             Error::AuditClosed => "audit_closed",
             Error::Http { .. } => "http",
             Error::Api { .. } => "api",
+            Error::Watchdog { .. } => "watchdog",
             Error::Internal { .. } => "internal",
         }
     }
@@ -239,6 +247,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     let served = tokio::select! {
         () = shutdown => {
             tracing::info!("shutting down");
+            // While the loops and the API still run: hand held leases over or fence.
+            daemon.prepare_shutdown().await;
             stop.cancel();
             (&mut server).await
         }

@@ -93,6 +93,7 @@ struct Inner {
     switchover_started: Family<PairLabels, FloatGauge>,
     step_duration: HistogramFamily<StepLabels>,
     fences: Family<FenceLabels, Counter>,
+    watchdog_armed: Family<PairLabels, Gauge>,
     pdm_commit: HistogramFamily<OutcomeLabels>,
     errors: Family<ErrorLabels, Counter>,
     audit_backlog: Gauge,
@@ -185,6 +186,12 @@ impl Metrics {
         );
         let fences = Family::<FenceLabels, Counter>::default();
         registry.register("fence_events", "Times this daemon fenced its primary, by reason", fences.clone());
+        let watchdog_armed = Family::<PairLabels, Gauge>::default();
+        registry.register(
+            "fence_watchdog_armed",
+            "1 while the fence watchdog confirmed the holder's current lease deadline for the pair",
+            watchdog_armed.clone(),
+        );
         let pdm_commit: HistogramFamily<OutcomeLabels> = Family::new_with_constructor(latency_histogram);
         registry.register_with_unit(
             "pdm_commit_latency",
@@ -218,6 +225,7 @@ impl Metrics {
                 switchover_started,
                 step_duration,
                 fences,
+                watchdog_armed,
                 pdm_commit,
                 errors,
                 audit_backlog,
@@ -315,6 +323,10 @@ impl Metrics {
 
     pub fn count_fence(&self, pair: &str, reason: &str) {
         self.inner.fences.get_or_create(&FenceLabels { pair: pair.into(), reason: reason.into() }).inc();
+    }
+
+    pub fn set_watchdog_armed(&self, pair: &str, armed: bool) {
+        self.inner.watchdog_armed.get_or_create(&PairLabels { pair: pair.into() }).set(i64::from(armed));
     }
 
     pub fn observe_pdm_commit(&self, outcome: &str, took: Duration) {

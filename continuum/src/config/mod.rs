@@ -36,6 +36,21 @@ pub enum Durability {
     Preferred,
 }
 
+/// What a graceful stop (SIGTERM, SIGINT) of the daemon does while its region holds a pair's
+/// lease. Either way the server does not outlive the lease; a daemon killed outright leaves
+/// that to the fence watchdog.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnShutdown {
+    /// Hand the lease over by a planned switchover when the peer is eligible (the old primary
+    /// rejoins as its standby before the daemon exits); otherwise, or if it does not finish in
+    /// `shutdown_timeout`, fence.
+    #[default]
+    Switchover,
+    /// Stop the server (immediate shutdown) and let the lease run out: the peer fails over.
+    Fence,
+}
+
 /// When the standby's region may take the lease from a silent holder (§5).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -184,6 +199,13 @@ pub struct PairConfig {
     /// [`PairConfig::effective_observe_interval`].
     #[serde(with = "humantime_serde", default)]
     pub observe_interval: Option<Duration>,
+    /// What a graceful stop of the daemon does while this region holds the lease.
+    #[serde(default)]
+    pub on_shutdown: OnShutdown,
+    /// How long a graceful stop may spend handing the lease over (`on_shutdown = "switchover"`)
+    /// before it fences instead.
+    #[serde(with = "humantime_serde", default = "defaults::shutdown_timeout")]
+    pub shutdown_timeout: Duration,
     /// How long a switchover's target waits to replay the old primary's shutdown checkpoint.
     #[serde(with = "humantime_serde", default = "defaults::catch_up_timeout")]
     pub catch_up_timeout: Duration,
@@ -446,6 +468,9 @@ mod defaults {
     }
     pub fn pdm_commit_retry_pause() -> Duration {
         Duration::from_millis(200)
+    }
+    pub fn shutdown_timeout() -> Duration {
+        Duration::from_secs(30)
     }
     pub fn catch_up_timeout() -> Duration {
         Duration::from_secs(30)

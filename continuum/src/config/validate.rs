@@ -213,6 +213,7 @@ fn validate_pair(i: usize, pair: &PairConfig, lease: &LeaseConfig, region: &str)
         ));
     }
     let positive = [
+        ("shutdown_timeout", pair.shutdown_timeout),
         ("catch_up_timeout", pair.catch_up_timeout),
         ("sync_wait_timeout", pair.sync_wait_timeout),
         ("peer_connect_timeout", pair.peer_connect_timeout),

@@ -18,6 +18,7 @@ use crate::metrics::Metrics;
 /// What every pair of the daemon shares.
 pub(super) struct Shared {
     pub lease: Arc<dyn LeaseApi>,
+    pub watchdog: Arc<super::watchdog::Watchdog>,
     pub pdm: Pdm,
     pub audit: Audit,
     pub metrics: Metrics,

@@ -46,6 +46,8 @@ impl PairCtl {
     pub(super) async fn bootstrap(&self, record: &LeaseRecord) -> Result<(), Error> {
         let handle = self.acquire(record, "bootstrap").await?;
         let epoch = handle.epoch();
+        *self.holder.lock().await = Some(handle);
+        self.require_watchdog().await?;
         self.driver
             .promote(&PromoteRequest { epoch, handover_token: None })
             .await
@@ -75,7 +77,7 @@ impl PairCtl {
             .await;
         }
         self.metrics.observe_lease(self.name(), Some(&self.region), epoch, Some(self.handle_cfg.duration));
-        self.watch(&handle);
+        self.watch(&handle).await;
         Ok(handle)
     }
 
@@ -97,9 +99,11 @@ impl PairCtl {
         Ok(epoch)
     }
 
-    /// Starts the tasks that follow a new handle: the fence watcher and the renewal recorder.
-    pub(super) fn watch(&self, handle: &LeaseHandle) {
+    /// Starts the tasks that follow a new handle: the fence watcher, the fence watchdog's feed
+    /// (armed before this returns) and the renewal recorder.
+    pub(super) async fn watch(&self, handle: &LeaseHandle) {
         self.watch_fence(handle);
+        self.feed_watchdog(handle).await;
         let recorder = self.metrics.record_renewals(self.name(), handle.renewals());
         self.detached.spawn(async move {
             let _ = recorder.await;
@@ -108,7 +112,9 @@ impl PairCtl {
 
     /// Fences the local server the moment the handle says `FenceNow` or `Lost`: before the
     /// deadline, so no write is accepted once another region may hold the lease (invariant 3).
-    /// The stop gets `fence_timeout` (below the fence lead) before the postmaster is killed.
+    /// The stop gets `fence_timeout` (below the fence lead) before the postmaster's process
+    /// group is killed, and is retried until the server is confirmed stopped (the watchdog
+    /// fences at the same instant, should this process be hung or gone).
     fn watch_fence(&self, handle: &LeaseHandle) {
         let mut status = handle.watch();
         let fenced = self.lease_fenced.clone();
@@ -125,12 +131,12 @@ impl PairCtl {
                     tracing::error!(pair, epoch, reason, "fencing PostgreSQL before the lease deadline");
                     fenced.store(true, Ordering::SeqCst);
                     let started = Instant::now();
-                    let result = cnpg_pair::process::stop_immediately(&server, deadline).await;
+                    let attempts = super::process::fence_until_stopped(&server, deadline, &pair).await;
                     metrics.count_fence(&pair, reason);
                     let mut entry = AuditEntry::new(
                         "lease.fenced",
                         serde_json::json!({ "reason": reason, "took_ms": started.elapsed().as_millis() as u64,
-                            "error": result.as_ref().err().map(ToString::to_string) }),
+                            "attempts": attempts }),
                     );
                     entry.pair = Some(pair.clone());
                     entry.epoch = Some(epoch);
@@ -278,6 +284,7 @@ impl PairCtl {
     /// Under `preferred`: stop waiting for the (absent) standby before promoting, so the new
     /// primary takes writes at once. Then promote with the epoch.
     pub(super) async fn promote_local(&self, epoch: u64) -> Result<(), Error> {
+        self.require_watchdog().await?;
         if self.cfg.durability == Durability::Preferred {
             let store = self.sync_store(epoch);
             self.driver

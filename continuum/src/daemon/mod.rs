@@ -20,7 +20,9 @@
 //! keep the peer synchronous, give up a dead server's lease) and [`standby`] (stay a standby of
 //! the holder, fail over when the holder's lease ran out). [`status`] projects what the loop saw
 //! for the API; [`process`] starts and stops the local server; [`build`] makes a pair from the
-//! configuration.
+//! configuration; [`watchdog`] feeds the fence watchdog ([`crate::watchdog`]) every lease
+//! deadline, so the server is stopped in time even when this process is gone; [`shutdown`]
+//! hands the lease over or fences on a graceful stop (`pairs[].on_shutdown`).
 
 mod build;
 pub mod decide;
@@ -30,10 +32,12 @@ mod observe;
 mod pair;
 mod process;
 mod requests;
+mod shutdown;
 mod standby;
 mod status;
 mod steps;
 mod traffic;
+mod watchdog;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -54,6 +58,8 @@ use crate::metrics::Metrics;
 
 /// How often readiness is re-evaluated.
 const READINESS_TICK: Duration = Duration::from_millis(200);
+/// The fence watchdog's state directory, inside `raft.data_dir`.
+const WATCHDOG_DIR: &str = "fence-watchdog";
 
 /// The daemon of a data region.
 pub struct Daemon {
@@ -65,6 +71,9 @@ pub struct Daemon {
     loops: TaskTracker,
     /// Tasks the loops spawn (fence watchers, renewal recorders); joined on shutdown.
     detached: TaskTracker,
+    /// Each pair's control loop: its own stop (a child of the daemon's) and its task, so that a
+    /// graceful stop can end one loop before it fences that pair's server.
+    pair_loops: std::sync::Mutex<BTreeMap<String, (CancellationToken, tokio::task::JoinHandle<()>)>>,
 }
 
 impl Daemon {
@@ -83,9 +92,12 @@ impl Daemon {
         for (i, pair) in config.pairs.iter().enumerate() {
             parts.push(build::pair_parts(config, i, pair)?);
         }
+        // Before the lease node: the watchdog takes over the guards a previous daemon left.
+        let watchdog = watchdog::Watchdog::start(config.raft.data_dir.join(WATCHDOG_DIR)).await?;
         let node = LeaseNode::start(config.lease_node_config()).await.map_err(crate::config::lease_start_error)?;
         let detached = TaskTracker::new();
-        let shared = build::Shared { lease: Arc::new(node.clone()), pdm, audit, metrics, events: events.clone() };
+        let shared =
+            build::Shared { lease: Arc::new(node.clone()), watchdog, pdm, audit, metrics, events: events.clone() };
         let pairs = parts
             .into_iter()
             .map(|parts| {
@@ -93,23 +105,33 @@ impl Daemon {
                 (ctl.name().to_string(), ctl)
             })
             .collect();
-        let daemon =
-            Arc::new(Self { region: config.region.clone(), node, pairs, events, loops: TaskTracker::new(), detached });
-        for ctl in daemon.pairs.values() {
-            daemon.loops.spawn(ctl.clone().run(stop.clone()));
+        let daemon = Arc::new(Self {
+            region: config.region.clone(),
+            node,
+            pairs,
+            events,
+            loops: TaskTracker::new(),
+            detached,
+            pair_loops: Default::default(),
+        });
+        for (name, ctl) in &daemon.pairs {
+            let pair_stop = stop.child_token();
+            let task = daemon.loops.spawn(ctl.clone().run(pair_stop.clone()));
+            daemon.pair_loops.lock().expect("pair loops poisoned").insert(name.clone(), (pair_stop, task));
         }
         daemon.loops.spawn(daemon.clone().readiness_loop(readiness, stop.clone()));
         daemon.loops.close();
         Ok(daemon)
     }
 
-    /// Waits for the loops (cancel their token first), lets every held lease run out, waits for
-    /// the tasks they spawned, then stops the lease node.
+    /// Waits for the loops (cancel their token first; [`Daemon::prepare_shutdown`] before that
+    /// for a graceful stop), lets every held lease run out, waits for the tasks they spawned,
+    /// then stops the lease node.
     pub async fn shutdown(&self) {
         self.loops.wait().await;
         for ctl in self.pairs.values() {
-            // Stop renewing without releasing: the lease runs out, as after a crash. A planned
-            // handover goes through a switchover.
+            // Stop renewing without releasing: the lease runs out, as after a crash (the fence
+            // watchdog keeps its deadline). A planned handover goes through a switchover.
             ctl.abandon_lease().await;
         }
         // With the handles gone their watches close: fence watchers and renewal recorders end

@@ -66,6 +66,8 @@ pub(super) struct PairCtl {
     /// The local server as `pg_ctl` sees it.
     pub server: cnpg_pair::process::Server,
     pub lease: Arc<dyn LeaseApi>,
+    /// Stops the local server at the lease deadline should this daemon be gone.
+    pub watchdog: Arc<super::watchdog::Watchdog>,
     pub driver: PlainDriver,
     pub pdm: Pdm,
     /// The Gateway API route the switchover drains, if configured.
@@ -97,6 +99,7 @@ impl PairCtl {
             peer_upstream,
             server: driver.server(),
             lease: shared.lease.clone(),
+            watchdog: shared.watchdog.clone(),
             driver,
             pdm: shared.pdm.clone(),
             traffic: cfg.traffic.clone().map(super::traffic::Traffic::new),

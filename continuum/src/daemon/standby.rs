@@ -73,7 +73,7 @@ impl PairCtl {
             Err(source) => return Err(Error::Lease { op: "failover acquire", source }),
         };
         let epoch = handle.epoch();
-        self.watch(&handle);
+        self.watch(&handle).await;
         *self.holder.lock().await = Some(handle);
         self.seen.lock().expect("seen poisoned").last_failover = Some(Instant::now());
         let started = Instant::now();

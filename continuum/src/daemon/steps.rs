@@ -163,12 +163,18 @@ impl PairCtl {
             epoch: Some(record.epoch),
             ..StepOutcome::Done.into()
         };
-        match released {
+        let result = match released {
             Ok(_) => Ok(done),
             // Released earlier (a retried step): the holder is gone already.
             Err(LeaseError::Refused { current, .. }) if current.holder.as_deref() != Some(&self.region) => Ok(done),
             Err(source) => Err(Error::Lease { op: "release", source }),
+        };
+        if result.is_ok() {
+            // The fence stopped the server and the lease is given back: the rejoin that follows
+            // starts it as a standby, which the watchdog must leave alone.
+            self.disarm_watchdog(Some(record.epoch)).await;
         }
+        result
     }
 
     /// Target: acquire the lease (its real epoch), drop sync under `preferred`, promote.

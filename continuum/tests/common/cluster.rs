@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use continuum::api::{PairStatus, PgRole, Status, SwitchoverRecord};
-use continuum::config::{Durability, PairConfig, PgPeerConfig};
+use continuum::config::{Durability, OnShutdown, PairConfig, PgPeerConfig};
 use continuum::topology::{self, DataNode, Node, Timings, Topology};
 use testkit::netns::{NetNs, Network};
 use testkit::pg::NodeSettings;
@@ -97,7 +97,7 @@ impl SplitBrainReport {
 
 /// One server's answer to "do you accept writes?".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Writable {
+pub enum Writable {
     Yes,
     /// In recovery, or refusing connections: it cannot take a write now.
     No,
@@ -152,7 +152,7 @@ fn refuses_writes(e: &tokio_postgres::Error) -> bool {
 }
 
 /// Whether the server behind `conninfo` accepts writes, asked with a 500 ms deadline per step.
-async fn writable(conninfo: String) -> Writable {
+pub async fn writable(conninfo: String) -> Writable {
     const DEADLINE: Duration = Duration::from_millis(500);
     let client = match tokio::time::timeout(DEADLINE, tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)).await {
         Ok(Err(e)) if refuses_writes(&e) => return Writable::No,
@@ -175,6 +175,8 @@ pub struct Options {
     pub auto_failover: bool,
     pub switchover_rejoin_timeout: &'static str,
     pub primary_down_timeout: &'static str,
+    /// `pairs[].on_shutdown`: what a SIGTERM of a holder's daemon does.
+    pub on_shutdown: &'static str,
     /// Leave every raft and lease timing at the daemon's defaults (the WAN profile: 10 s lease)
     /// instead of the short test timings.
     pub default_timings: bool,
@@ -204,6 +206,11 @@ impl Options {
         pair.switchover_rejoin_timeout = duration(self.switchover_rejoin_timeout)?;
         pair.primary_down_timeout = duration(self.primary_down_timeout)?;
         pair.traffic = self.traffic.clone();
+        pair.on_shutdown = match self.on_shutdown {
+            "switchover" => OnShutdown::Switchover,
+            "fence" => OnShutdown::Fence,
+            other => anyhow::bail!("on_shutdown {other:?}"),
+        };
         Ok(())
     }
 }
@@ -216,6 +223,7 @@ impl Default for Options {
             auto_failover: true,
             switchover_rejoin_timeout: "1m",
             primary_down_timeout: "15s",
+            on_shutdown: "switchover",
             default_timings: false,
             namespaces: false,
             link_proxies: false,
@@ -273,7 +281,15 @@ impl Daemon {
         self.start()
     }
 
-    /// `kill -9`.
+    /// SIGTERM: a graceful stop (`on_shutdown`); [`Daemon::wait_exit`] waits for its end.
+    pub fn sigterm(&self) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        }
+    }
+
+    /// `kill -9` of the daemon alone (its fence watchdog and PostgreSQL go on).
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
