@@ -29,6 +29,11 @@ const QUEUE_DEPTH: usize = 1024;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// How much of the log's end is read at start to find the last record; longer records are refused.
 const TAIL_WINDOW: u64 = 1024 * 1024;
+/// Longest audit line written (README "Limits"). Far below NATS' default 1 MiB payload limit and
+/// [`TAIL_WINDOW`], so every record can be published and the log always reopens. A longer
+/// entry keeps its kind, pair, epoch and actor; its detail is replaced by a marker with the
+/// original size and a prefix.
+pub const MAX_AUDIT_LINE: usize = 64 * 1024;
 /// Records read from the log per publishing round, so a long backlog is not held in memory at once.
 const PUBLISH_BATCH: usize = 512;
 /// How often the publisher looks at the log even without a nudge (e.g. after a clock jump).
@@ -198,6 +203,17 @@ fn open_log(path: &Path) -> Result<(File, u64), Error> {
     Ok((file, last_seq + 1))
 }
 
+/// What an over-long entry's detail becomes: the original size and a bounded prefix of it.
+fn truncated_detail(detail: &serde_json::Value, line_bytes: usize) -> serde_json::Value {
+    let text = detail.to_string();
+    // JSON escaping can grow the prefix up to 6-fold (`\u0000`): an eighth stays under the limit.
+    let mut end = text.len().min(MAX_AUDIT_LINE / 8);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    serde_json::json!({ "truncated": true, "line_bytes": line_bytes, "detail_prefix": &text[..end] })
+}
+
 /// How the writer tells the publisher about new durable records.
 struct Written {
     appended: Arc<Notify>,
@@ -229,14 +245,19 @@ fn write_loop(
         let mut text = Vec::new();
         let mut records = Vec::with_capacity(batch.len());
         for request in &batch {
-            let record = AuditRecord {
+            let mut record = AuditRecord {
                 id: Uuid::new_v4(),
                 seq: next_seq + records.len() as u64,
                 time: SystemTime::now(),
                 region: region.clone(),
                 entry: request.entry.clone(),
             };
-            serde_json::to_writer(&mut text, &record).expect("an audit record always serializes");
+            let mut line = serde_json::to_vec(&record).expect("an audit record always serializes");
+            if line.len() > MAX_AUDIT_LINE {
+                record.entry.detail = truncated_detail(&record.entry.detail, line.len());
+                line = serde_json::to_vec(&record).expect("an audit record always serializes");
+            }
+            text.extend_from_slice(&line);
             text.push(b'\n');
             records.push(record);
         }
@@ -480,6 +501,29 @@ mod tests {
         let text = std::fs::read_to_string(&log).unwrap();
         let records: Vec<AuditRecord> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(records, vec![first, second, third]);
+    }
+
+    /// A 2 MiB detail (an error text, a reason from an old client) is bounded on write: the log
+    /// still reopens and the record keeps what identifies it.
+    #[tokio::test]
+    async fn an_oversized_entry_is_written_bounded_and_the_log_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("audit.log");
+        let config = AuditConfig::local(&log);
+        let (audit, tasks) = Audit::open(&config, "a", Metrics::new()).unwrap();
+        let mut entry = AuditEntry::new("switchover.requested", serde_json::json!({ "reason": "x".repeat(2 << 20) }));
+        entry.pair = Some("app".into());
+        let record = audit.append(entry).await.unwrap();
+        assert_eq!(record.entry.detail["truncated"], true);
+        assert_eq!(record.entry.pair.as_deref(), Some("app"));
+        drop(audit);
+        tasks.shutdown().await;
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.lines().all(|l| l.len() <= MAX_AUDIT_LINE), "a line over the limit");
+        let (audit, tasks) = Audit::open(&config, "a", Metrics::new()).expect("reopens after the big entry");
+        assert_eq!(audit.append(AuditEntry::new("x", serde_json::json!({}))).await.unwrap().seq, 2);
+        drop(audit);
+        tasks.shutdown().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

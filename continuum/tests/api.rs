@@ -106,6 +106,35 @@ async fn malformed_bodies_get_400_saying_what_is_wrong() {
     assert_eq!(orchestrator.calls(), Vec::<String>::new());
 }
 
+/// The documented limits (README "Limits"): a reason over 1 KiB is 400, a body over 16 KiB is
+/// 413, and neither reaches the orchestrator; a reason of exactly 1 KiB is accepted.
+#[tokio::test]
+async fn oversized_requests_are_refused_before_anything_starts() {
+    let orchestrator = MemoryOrchestrator::new();
+    let server = ApiServer::start(orchestrator.clone()).await;
+    let http = client();
+    let url = format!("{}/v1/switchover", server.url);
+    let reason = "r".repeat(continuum::api::validate::MAX_REASON_BYTES + 1);
+    let response = http.post(&url).bearer_auth(OWNER).json(&json!({"to": "b", "reason": reason})).send().await.unwrap();
+    let (status, body) = error_of(response).await;
+    assert_eq!((status, body.error.code.as_str()), (400, "bad_request"));
+    assert!(body.error.message.contains("`reason` is 1025 bytes long; at most 1024"), "{}", body.error.message);
+
+    let to = "b".repeat(continuum::api::validate::MAX_NAME_BYTES + 1);
+    let response = http.post(&url).bearer_auth(OWNER).json(&json!({"to": to})).send().await.unwrap();
+    assert_eq!(response.status(), 400, "a 254-byte target");
+
+    let huge = "h".repeat(continuum::api::validate::MAX_BODY_BYTES);
+    let response = http.post(&url).bearer_auth(OWNER).json(&json!({"to": "b", "reason": huge})).send().await.unwrap();
+    let (status, body) = error_of(response).await;
+    assert_eq!((status, body.error.code.as_str()), (413, "payload_too_large"));
+    assert_eq!(orchestrator.calls(), Vec::<String>::new(), "nothing reached the orchestrator");
+
+    let reason = "r".repeat(continuum::api::validate::MAX_REASON_BYTES);
+    let response = http.post(&url).bearer_auth(OWNER).json(&json!({"to": "b", "reason": reason})).send().await.unwrap();
+    assert_eq!(response.status(), 202, "a reason at the limit is accepted");
+}
+
 #[tokio::test]
 async fn switchover_to_an_ineligible_region_gets_409_with_the_reason() {
     let orchestrator = MemoryOrchestrator::new();

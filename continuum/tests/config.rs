@@ -232,6 +232,19 @@ fn witness_runs_its_lease_node_and_stops_on_sigterm() {
     let witness_addr = raft["peers"].as_array().unwrap()[2]["address"].as_str().unwrap().to_string();
     raft.insert("listen".into(), witness_addr.clone().into());
     std::fs::write(&path, toml::to_string(&doc).unwrap()).unwrap();
+    // Still region a's certificate: peers authorize by its name, so the node refuses to start.
+    let refused = Command::new(BIN).arg("witness").arg("--config").arg(&path).output().unwrap();
+    assert_eq!(refused.status.code(), Some(64), "{}", String::from_utf8_lossy(&refused.stderr));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("tls.cert") && stderr.contains("`w`"), "{stderr}");
+    let ca_dir = dir.path().join("witness-ca");
+    std::fs::create_dir(&ca_dir).unwrap();
+    let node = continuum::pki::LocalCa::new(&ca_dir).unwrap().node("w").unwrap();
+    let tls = doc["tls"].as_table_mut().unwrap();
+    tls.insert("cert".into(), node.cert.display().to_string().into());
+    tls.insert("key".into(), node.key.display().to_string().into());
+    tls.insert("ca".into(), node.ca.display().to_string().into());
+    std::fs::write(&path, toml::to_string(&doc).unwrap()).unwrap();
     let mut witness =
         ChildGuard(Command::new(BIN).arg("witness").arg("--config").arg(&path).stderr(Stdio::null()).spawn().unwrap());
     let deadline = std::time::Instant::now() + Duration::from_secs(20);

@@ -17,13 +17,28 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+fn opts() -> ClusterOpts {
+    ClusterOpts { pairs: vec![PAIR.into()], ..Default::default() }
+}
+
+/// Makes node `id` the raft leader.
+async fn make_leader(cluster: &Cluster, id: u64) -> anyhow::Result<()> {
+    while cluster.leader().await? != id {
+        cluster.node(id).raft().trigger().elect().await?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// Region a renews through its own node (node 1), once while that node leads and once while
+/// node 2 leads (node 1 forwards).
 async fn renew_latency(rows: &mut Vec<(String, String)>) -> anyhow::Result<()> {
-    let cluster = Cluster::start(ClusterOpts::default()).await?;
-    let leader = cluster.leader().await?;
-    let follower = (1..=3).find(|id| *id != leader).expect("follower");
-    let held = cluster.api(leader).acquire(PAIR, "a", Duration::from_secs(10)).await?;
-    for (label, via) in [("raft leader", leader), ("follower (forwarded)", follower)] {
-        let api = cluster.api(via);
+    let cluster = Cluster::start(opts()).await?;
+    cluster.leader().await?;
+    let api = cluster.api(1);
+    let held = api.acquire(PAIR, "a", Duration::from_secs(10)).await?;
+    for (label, leader) in [("raft leader", 1), ("follower (forwarded)", 2)] {
+        make_leader(&cluster, leader).await?;
         let mut samples = Vec::new();
         for _ in 0..300 {
             let t = Instant::now();
@@ -56,7 +71,7 @@ async fn takeover(
     duration: Duration,
     holder_leads: bool,
 ) -> anyhow::Result<()> {
-    let mut cluster = Cluster::start(ClusterOpts { raft, rules: rules.clone(), ..Default::default() }).await?;
+    let mut cluster = Cluster::start(ClusterOpts { raft, rules: rules.clone(), ..opts() }).await?;
     let mut leader = cluster.leader().await?;
     while leader == 3 {
         // The witness leads: hand leadership to a data node so both cases can be measured.
@@ -106,7 +121,7 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
 async fn witness_rss(rows: &mut Vec<(String, String)>) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let ca = TestCa::new(dir.path(), "cluster")?;
-    let opts = ClusterOpts::default();
+    let opts = opts();
     let listen = common::listen_addrs(&[1, 2, 3]);
     let configs = common::make_configs(dir.path(), &ca, &opts, &listen, |_| BTreeMap::new())?;
     let witness = common::NodeProcess::spawn(&configs[&3], dir.path())?;

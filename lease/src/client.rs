@@ -100,10 +100,25 @@ impl RemoteLease {
     }
 }
 
+/// How many leader redirects one remote submit follows (a leader change mid-call adds one).
+const MAX_REDIRECTS: usize = 3;
+
 #[async_trait::async_trait]
 impl LeaseApi for RemoteLease {
+    /// A node that does not lead answers [`LeaseError::NotLeader`] with the leader's address
+    /// (writes are authorized by the caller's own certificate, so only the leader can take
+    /// them); this follows up to [`MAX_REDIRECTS`] redirects.
     async fn submit(&self, req: LeaseRequest) -> Result<LeaseRecord, LeaseError> {
-        self.call(route::SUBMIT, &req, req.op_name()).await?
+        let mut target = self.node.clone();
+        for _ in 0..MAX_REDIRECTS {
+            let answer: Result<Result<LeaseRecord, LeaseError>, _> =
+                self.peers.post(0, &target, route::SUBMIT, &req, self.timeout).await;
+            match answer.map_err(|e| e.into_lease_error(req.op_name(), self.timeout))? {
+                Err(LeaseError::NotLeader { leader: Some(addr) }) => target.addr = addr,
+                other => return other,
+            }
+        }
+        Err(LeaseError::NoLeader)
     }
 
     async fn read(&self, pair: &str) -> Result<Option<LeaseRecord>, LeaseError> {

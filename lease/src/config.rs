@@ -67,6 +67,11 @@ pub struct NodeConfig {
     /// membership, for NAT or a proxy in between.
     #[serde(default)]
     pub dial_overrides: BTreeMap<NodeId, String>,
+    /// Pairs this node may create a lease record for (a data daemon's configured pairs). A
+    /// request for a pair that has no record yet and is not listed here is refused, so a stray
+    /// or hostile request cannot add state. Pairs that already have a record need no listing.
+    #[serde(default)]
+    pub pairs: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -157,11 +162,21 @@ impl RaftTimings {
             install_snapshot_timeout: ms(self.install_snapshot_timeout),
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every),
             max_in_snapshot_log_to_keep: self.keep_after_snapshot,
+            // Bounded by construction below the endpoint's body limit (`node::MAX_BODY_BYTES`):
+            // entries are at most ~17 KiB (`types::MAX_SWITCHOVER_RECORD_BYTES`), and snapshot
+            // bytes travel as a JSON array of numbers (up to 4 characters per byte).
+            max_payload_entries: MAX_ENTRIES_PER_APPEND,
+            snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
             ..Default::default()
         };
         cfg.validate().map_err(|e| LeaseError::config("raft", e.to_string()))
     }
 }
+
+/// Entries per AppendEntries request: 16 × ~17 KiB stays far below the 2 MiB body limit.
+pub const MAX_ENTRIES_PER_APPEND: u64 = 16;
+/// Snapshot bytes per InstallSnapshot request: ≤ 1 MiB as JSON, half the body limit.
+pub const SNAPSHOT_CHUNK_BYTES: u64 = 256 * 1024;
 
 /// Store-side lease rules.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

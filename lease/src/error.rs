@@ -25,6 +25,18 @@ pub enum LeaseError {
     /// Request rejected before reaching the store; nothing changed.
     #[error("invalid request: {0}")]
     InvalidInput(String),
+    /// No record exists for the pair and this node is not configured to create it; nothing
+    /// changed.
+    #[error("unknown pair `{0}`: a pair's record is created only by a data daemon configured with it")]
+    UnknownPair(String),
+    /// The caller's certificate does not allow this request (HTTP 403); nothing changed.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// This node does not lead; a remote client resubmits to `leader` (an address), if known.
+    /// Nothing changed. Remote requests are not forwarded: the leader must see the caller's own
+    /// certificate.
+    #[error("not the raft leader (leader: {})", leader.as_deref().unwrap_or("unknown"))]
+    NotLeader { leader: Option<String> },
     #[error("invalid config key `{key}`: {message}")]
     Config { key: String, message: String },
     #[error("tls: {0}")]
@@ -46,6 +58,9 @@ impl LeaseError {
             LeaseError::NoLeader => "no_leader",
             LeaseError::Unreachable(_) => "unreachable",
             LeaseError::InvalidInput(_) => "invalid_input",
+            LeaseError::Forbidden(_) => "forbidden",
+            LeaseError::UnknownPair(_) => "unknown_pair",
+            LeaseError::NotLeader { .. } => "not_leader",
             LeaseError::Config { .. } => "config",
             LeaseError::Tls(_) => "tls",
             LeaseError::Storage(_) => "storage",
@@ -62,6 +77,9 @@ impl LeaseError {
                 | LeaseError::NoLeader
                 | LeaseError::Unreachable(_)
                 | LeaseError::InvalidInput(_)
+                | LeaseError::Forbidden(_)
+                | LeaseError::UnknownPair(_)
+                | LeaseError::NotLeader { .. }
                 | LeaseError::Config { .. }
         )
     }
@@ -84,6 +102,10 @@ mod tests {
             LeaseError::NoLeader,
             LeaseError::Unreachable("x".into()),
             LeaseError::InvalidInput("x".into()),
+            LeaseError::Forbidden("x".into()),
+            LeaseError::UnknownPair("x".into()),
+            LeaseError::NotLeader { leader: Some("127.0.0.1:1".into()) },
+            LeaseError::NotLeader { leader: None },
             LeaseError::config("k", "m"),
             LeaseError::Tls("x".into()),
             LeaseError::Storage("x".into()),

@@ -24,6 +24,7 @@
 //! - `handle`, `clock`: [`LeaseHandle`] on `CLOCK_BOOTTIME` ([`Clock`] for injected skew).
 //! - `config`: [`NodeConfig`] (TOML) with WAN defaults and a fast profile.
 
+mod authz;
 mod client;
 mod clock;
 mod config;
@@ -39,11 +40,14 @@ mod types;
 pub use client::{LeaseApi, RemoteLease};
 pub use clock::{BootClock, BootInstant, Clock, SkewedClock, boot_clock};
 pub use config::{GrantRules, Member, NodeConfig, RaftTimings, TlsFiles};
+pub use config::{MAX_ENTRIES_PER_APPEND, SNAPSHOT_CHUNK_BYTES};
 pub use error::LeaseError;
 pub use gate::{holder_deadline, takeover_allowed_at};
 pub use handle::{HandleConfig, LeaseHandle, LeaseStatus, Renewal};
+pub use node::MAX_BODY_BYTES;
 pub use node::{LeaseNode, NodeStatus, run};
 pub use types::{
     Command, CommandResult, HistoryEvent, HistoryKind, LeaseRecord, LeaseRequest, LeaseTable, NodeId, NodeInfo,
     RefusalReason, TypeConfig,
 };
+pub use types::{MAX_SWITCHOVER_RECORD_BYTES, MAX_TOKEN_BYTES};

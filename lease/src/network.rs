@@ -111,6 +111,12 @@ impl Peers {
         if !resp.status().is_success() {
             let status = resp.status();
             let text = resp.text().await.unwrap_or_default();
+            // A refusal (403) carries the node's typed answer; anything else is a transport fault.
+            if status == reqwest::StatusCode::FORBIDDEN
+                && let Ok(answer) = serde_json::from_str(&text)
+            {
+                return Ok(answer);
+            }
             return Err(TransportError::Failed(format!("HTTP {status}: {text}")));
         }
         resp.json().await.map_err(TransportError::from_reqwest)

@@ -27,6 +27,10 @@ use crate::storage::StateView;
 use crate::tls::TlsMaterial;
 use crate::types::{Command, CommandResult, LeaseRecord, LeaseRequest, NodeId, NodeInfo, RefusalReason, TypeConfig};
 
+/// Largest request body the endpoint reads (raft RPCs included); larger is 413. Entries and
+/// snapshot chunks stay well below it by construction (see `config::MAX_ENTRIES_PER_APPEND`).
+pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+
 /// Pause between attempts while no leader is known.
 const LEADER_RETRY: Duration = Duration::from_millis(50);
 
@@ -81,6 +85,11 @@ struct Shared {
     started: Instant,
     /// Regions of the configured members (the bootstrap list), for [`members_only`].
     configured_regions: BTreeSet<String>,
+    /// Subject common names of this node's own certificate: the identity its in-process
+    /// callers (the daemon embedding it) act with, and the one its forwarded writes carry.
+    own_names: Vec<String>,
+    /// Pairs this node may create a record for (`NodeConfig::pairs`).
+    pairs: BTreeSet<String>,
 }
 
 impl Shared {
@@ -113,6 +122,19 @@ impl LeaseNode {
     pub async fn start(config: NodeConfig) -> Result<Self, LeaseError> {
         config.validate()?;
         let tls = Arc::new(TlsMaterial::load(&config.tls)?);
+        let own_names = tls.own_names();
+        if let Some(me) = config.members.iter().find(|m| m.id == config.id)
+            && !own_names.contains(&me.region)
+        {
+            return Err(LeaseError::config(
+                "tls.cert",
+                format!(
+                    "the certificate's common name {own_names:?} must be this node's region `{}`: peers \
+                     authorize every write by it",
+                    me.region
+                ),
+            ));
+        }
         let server_tls = tls.server_config()?;
         let peers = Peers::new(tls, config.dial_overrides.clone())?;
         let (log, sm) = crate::storage::open(&config.data_dir)?;
@@ -130,6 +152,8 @@ impl LeaseNode {
             rules: config.lease.clone(),
             started: Instant::now(),
             configured_regions,
+            own_names,
+            pairs: config.pairs.iter().cloned().collect(),
         });
 
         let listener = std::net::TcpListener::bind(config.listen)
@@ -220,7 +244,8 @@ impl LeaseNode {
 #[async_trait::async_trait]
 impl crate::client::LeaseApi for LeaseNode {
     async fn submit(&self, req: LeaseRequest) -> Result<LeaseRecord, LeaseError> {
-        self.shared.submit(req).await
+        // In process, the embedding daemon acts with this node's own certificate identity.
+        self.shared.submit(req, &self.shared.own_names, Route::Forward).await
     }
 
     async fn read(&self, pair: &str) -> Result<Option<LeaseRecord>, LeaseError> {
@@ -256,20 +281,51 @@ impl Shared {
         m.membership().nodes().filter(|(_, n)| !n.witness).map(|(_, n)| n.region.clone()).collect()
     }
 
-    async fn submit(&self, req: LeaseRequest) -> Result<LeaseRecord, LeaseError> {
+    /// Validates, authorizes (`caller`: the certificate names the request comes with) and
+    /// commits one request.
+    async fn submit(&self, req: LeaseRequest, caller: &[String], route: Route) -> Result<LeaseRecord, LeaseError> {
         req.validate()?;
+        crate::authz::authorize_request(&req, caller, &self.data_regions())?;
+        self.check_pair_known(req.pair(), self.pairs.contains(req.pair()))?;
         match &req {
             LeaseRequest::Acquire { pair, region, duration_ms } => {
                 self.check_data_region(region)?;
                 let cmd = self.grant_gate(pair, region, *duration_ms)?;
-                self.write(cmd, req.op_name()).await
+                self.write(cmd, req.op_name(), route).await
             }
             LeaseRequest::Claim { region, .. } => {
                 self.check_data_region(region)?;
-                self.write(Command::Request(req.clone()), req.op_name()).await
+                self.write(Command::Request(req.clone()), req.op_name(), route).await
             }
-            _ => self.write(Command::Request(req.clone()), req.op_name()).await,
+            _ => self.write(Command::Request(req.clone()), req.op_name(), route).await,
         }
+    }
+
+    /// A request may create a pair's record only if the pair is configured (`may_create`);
+    /// otherwise the record must exist already. Records are never deleted, so a stale local
+    /// view can only err towards refusing.
+    fn check_pair_known(&self, pair: &str, may_create: bool) -> Result<(), LeaseError> {
+        if may_create || self.view.record(pair).is_some() {
+            return Ok(());
+        }
+        Err(LeaseError::UnknownPair(pair.to_string()))
+    }
+
+    /// Leader side of a forwarded command: the forwarding member may send only what its own
+    /// certificate allows, and a grant must also pass this node's observed-time rule, so a
+    /// member cannot skip the gate by forwarding a hand-made acquire.
+    fn check_forwarded(&self, cmd: &Command, caller: &[String]) -> Result<(), LeaseError> {
+        let data_regions = self.data_regions();
+        crate::authz::authorize_command(cmd, caller, &data_regions)?;
+        let pair = match cmd {
+            Command::Acquire { pair, .. } => pair,
+            Command::Request(r) => r.pair(),
+        };
+        self.check_pair_known(pair, caller.iter().any(|n| data_regions.contains(n)))?;
+        if let Command::Acquire { pair, candidate, duration_ms, .. } = cmd {
+            self.grant_gate(pair, candidate, *duration_ms)?;
+        }
+        Ok(())
     }
 
     fn check_data_region(&self, region: &str) -> Result<(), LeaseError> {
@@ -310,9 +366,10 @@ impl Shared {
         })
     }
 
-    /// Commits `cmd` through the raft leader (this node or, forwarded, another one) within
-    /// `call_timeout`. A timeout after submission is [`LeaseError::Unknown`].
-    async fn write(&self, cmd: Command, op: &str) -> Result<LeaseRecord, LeaseError> {
+    /// Commits `cmd` through the raft leader within `call_timeout`: here, or on another node
+    /// (forwarded with this node's identity, or for a remote caller answered with
+    /// [`LeaseError::NotLeader`]). A timeout after submission is [`LeaseError::Unknown`].
+    async fn write(&self, cmd: Command, op: &str, route: Route) -> Result<LeaseRecord, LeaseError> {
         let timeout = self.rules.call_timeout;
         let deadline = Instant::now() + timeout;
         let submitted = AtomicBool::new(false);
@@ -327,6 +384,9 @@ impl Shared {
                     return Err(LeaseError::Raft(err.to_string()));
                 };
                 match (fwd.leader_id, fwd.leader_node.clone()) {
+                    (Some(leader), Some(node)) if leader != self.id && route == Route::Redirect => {
+                        return Err(LeaseError::NotLeader { leader: Some(node.addr.clone()) });
+                    }
                     (Some(leader), Some(node)) if leader != self.id => {
                         let remaining = deadline.saturating_duration_since(Instant::now());
                         let reply: Result<CommandResult, LeaseError> =
@@ -361,7 +421,8 @@ impl Shared {
     }
 
     /// Leader side of a forwarded write. Never forwards again (no loops).
-    async fn write_as_leader(&self, cmd: Command) -> Result<CommandResult, LeaseError> {
+    async fn write_as_leader(&self, cmd: Command, caller: &[String]) -> Result<CommandResult, LeaseError> {
+        self.check_forwarded(&cmd, caller)?;
         let timeout = self.rules.call_timeout;
         match tokio::time::timeout(timeout, self.raft.client_write(cmd)).await {
             Ok(Ok(resp)) => Ok(resp.data),
@@ -490,6 +551,16 @@ impl Shared {
     }
 }
 
+/// Where a write that reaches a follower goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// To the leader, forwarded by this node with its own identity (in-process callers).
+    Forward,
+    /// Back to the remote caller as [`LeaseError::NotLeader`], so the leader authorizes the
+    /// caller's own certificate.
+    Redirect,
+}
+
 enum MembershipChange {
     /// Learner first (waits until caught up), then voter via joint consensus.
     Add(NodeId, NodeInfo),
@@ -517,29 +588,54 @@ fn router(shared: Arc<Shared>) -> Router {
         .route(route::REMOVE_NODE, post(remove_node))
         .route(route::STATUS, get(status))
         .merge(members)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(shared)
 }
 
+/// The subject common names of the caller's client certificate (mutual TLS made it present one).
+struct Caller(Vec<String>);
+
+impl<St: Send + Sync> axum::extract::FromRequestParts<St> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &St) -> Result<Self, Self::Rejection> {
+        Ok(Caller(caller_names(&parts.extensions)))
+    }
+}
+
+fn caller_names(extensions: &axum::http::Extensions) -> Vec<String> {
+    extensions
+        .get::<Arc<axum_server::tls::TlsInfo>>()
+        .and_then(|tls| tls.peer_certificates.first())
+        .map(|der| crate::tls::common_names(der))
+        .unwrap_or_default()
+}
+
+/// A refusal as the routes answer it: HTTP 403 with the same JSON body as any other answer.
+fn forbidden<T: Serialize>(e: LeaseError) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    tracing::warn!(error = %e, "request refused");
+    (axum::http::StatusCode::FORBIDDEN, Json(Err::<T, LeaseError>(e))).into_response()
+}
+
 /// Lets a request through only if the client certificate's subject common name is a member's
-/// region (see [`Shared::is_member_region`]).
+/// region (see [`Shared::is_member_region`]). A node that never joined a cluster accepts raft
+/// traffic from its configured members only; one configured with no members (to be added
+/// later) must accept the leader adding it, whose region it cannot know yet, but only on the
+/// raft routes: nothing forwarded, since it has no state and no leader to protect.
 async fn members_only(
     State(s): S,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let names = request
-        .extensions()
-        .get::<Arc<axum_server::tls::TlsInfo>>()
-        .and_then(|tls| tls.peer_certificates.first())
-        .map(|der| crate::tls::common_names(der))
-        .unwrap_or_default();
-    if s.uninitialised() || names.iter().any(|name| s.is_member_region(name)) {
+    let names = caller_names(request.extensions());
+    let path = request.uri().path();
+    let raft_route = [route::APPEND, route::VOTE, route::SNAPSHOT].contains(&path);
+    let joining = s.uninitialised() && s.configured_regions.is_empty() && raft_route;
+    if joining || names.iter().any(|name| s.is_member_region(name)) {
         return next.run(request).await;
     }
-    tracing::warn!(?names, path = %request.uri().path(), "member-only route refused: the certificate names no member");
-    let message = format!("certificate common name {names:?} is not a member's region");
-    (axum::http::StatusCode::FORBIDDEN, message).into_response()
+    forbidden::<()>(LeaseError::Forbidden(format!("{path} needs a member's certificate; this one names {names:?}")))
 }
 
 async fn append(
@@ -563,30 +659,50 @@ async fn snapshot(
     Json(s.raft.install_snapshot(req).await)
 }
 
-async fn submit(State(s): S, Json(req): Json<LeaseRequest>) -> Json<Result<LeaseRecord, LeaseError>> {
-    Json(s.submit(req).await)
+async fn submit(State(s): S, Caller(names): Caller, Json(req): Json<LeaseRequest>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match s.submit(req, &names, Route::Redirect).await {
+        Err(e @ LeaseError::Forbidden(_)) => forbidden::<LeaseRecord>(e),
+        r => Json(r).into_response(),
+    }
 }
 
 async fn read(State(s): S, Json(req): Json<ReadRequest>) -> Json<Result<Option<LeaseRecord>, LeaseError>> {
     Json(s.read(&req.pair).await)
 }
 
-async fn forward_write(State(s): S, Json(cmd): Json<Command>) -> Json<Result<CommandResult, LeaseError>> {
-    Json(s.write_as_leader(cmd).await)
+async fn forward_write(State(s): S, Caller(names): Caller, Json(cmd): Json<Command>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match s.write_as_leader(cmd, &names).await {
+        Err(e @ LeaseError::Forbidden(_)) => forbidden::<CommandResult>(e),
+        r => Json(r).into_response(),
+    }
 }
 
 async fn forward_read(State(s): S, Json(req): Json<ReadRequest>) -> Json<Result<Option<LeaseRecord>, LeaseError>> {
     Json(s.read_as_leader(&req.pair).await)
 }
 
-async fn add_node(State(s): S, Json(req): Json<AddNodeRequest>) -> Json<Result<NodeStatus, LeaseError>> {
+async fn add_node(State(s): S, Caller(names): Caller, Json(req): Json<AddNodeRequest>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if let Err(e) = crate::authz::authorize_admin(&names, |n| s.is_member_region(n)) {
+        return forbidden::<NodeStatus>(e);
+    }
     let timeout = s.rules.call_timeout * 10;
-    Json(s.add_node(req.id, req.node, timeout).await)
+    Json(s.add_node(req.id, req.node, timeout).await).into_response()
 }
 
-async fn remove_node(State(s): S, Json(req): Json<RemoveNodeRequest>) -> Json<Result<NodeStatus, LeaseError>> {
+async fn remove_node(
+    State(s): S,
+    Caller(names): Caller,
+    Json(req): Json<RemoveNodeRequest>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if let Err(e) = crate::authz::authorize_admin(&names, |n| s.is_member_region(n)) {
+        return forbidden::<NodeStatus>(e);
+    }
     let timeout = s.rules.call_timeout * 10;
-    Json(s.remove_node(req.id, timeout).await)
+    Json(s.remove_node(req.id, timeout).await).into_response()
 }
 
 async fn status(State(s): S) -> Json<NodeStatus> {

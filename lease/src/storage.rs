@@ -2,7 +2,11 @@
 //! vote, the state machine and the snapshot.
 //!
 //! - `log`: records `[len u32 LE][crc32 u32 LE][json]`. An append is acknowledged to openraft only
-//!   after `fdatasync`. On open, a torn or CRC-failing tail is cut off (it was never acknowledged).
+//!   after `fdatasync`. On open, a torn tail (a bad record with no intact record after it: the
+//!   last append, never acknowledged) is cut off. A bad record *followed* by intact ones is
+//!   corruption of acknowledged entries: the node refuses to start, naming file and offset
+//!   (cutting there would silently drop entries, and with them epochs; README "Recovering a lease
+//!   node").
 //! - `vote.json`, `sm.json`, `snapshot.json`: written to a temp file, fsynced, renamed over the old
 //!   one, then the directory is fsynced, so a crash leaves either the old or the new version.
 //! - All writes run on a blocking thread, one at a time (openraft awaits each call), so I/O order
@@ -68,6 +72,27 @@ enum LogRecord {
     Purge(LogId<NodeId>),
 }
 
+/// The intact record at `pos` and its encoded length, if there is one.
+fn decode_at(bytes: &[u8], pos: usize) -> Option<(LogRecord, usize)> {
+    let header = bytes.get(pos..pos + 8)?;
+    let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+    let payload = bytes.get(pos + 8..(pos + 8).checked_add(len)?)?;
+    if len == 0 || crc32fast::hash(payload) != crc {
+        return None;
+    }
+    let rec = serde_json::from_slice::<LogRecord>(payload).ok()?;
+    Some((rec, 8 + len))
+}
+
+/// Where the first intact record after the bad one at `bad` starts, if any. A torn append leaves
+/// at most a partial last write (a partial record, zeros), never an intact record after the bad
+/// one — except when the kernel persisted a later page of that same unacknowledged write before
+/// an earlier one; refusing then is the safe mistake (the node is rebuilt from its peers).
+fn next_intact_record(bytes: &[u8], bad: usize) -> Option<usize> {
+    (bad + 1..bytes.len().saturating_sub(8)).find(|&pos| decode_at(bytes, pos).is_some())
+}
+
 fn encode(rec: &LogRecord, out: &mut Vec<u8>) -> io::Result<()> {
     let payload = serde_json::to_vec(rec).map_err(|e| corrupt("encode", e))?;
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
@@ -102,6 +127,20 @@ impl LogInner {
             vote: None,
         };
         let good = inner.replay(&bytes);
+        if good < bytes.len()
+            && let Some(next) = next_intact_record(&bytes, good)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{}: corrupt record at byte offset {good}, followed by an intact record at offset {next}: \
+                     entries after it were acknowledged and cutting the log there would lose them; this node \
+                     refuses to start (recovery: wipe this node's data_dir and let it rejoin from the others, \
+                     see README \"Recovering a lease node\")",
+                    path.display()
+                ),
+            ));
+        }
         if good < bytes.len() {
             // Never acknowledged (the fsync did not finish): safe to drop.
             tracing::warn!(path = %path.display(), kept = good, dropped = bytes.len() - good, "truncating torn log tail");
@@ -118,16 +157,9 @@ impl LogInner {
     /// Applies every intact record; returns the length of the intact prefix.
     fn replay(&mut self, bytes: &[u8]) -> usize {
         let mut pos = 0;
-        while bytes.len() - pos >= 8 {
-            let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().expect("4 bytes")) as usize;
-            let crc = u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().expect("4 bytes"));
-            let Some(payload) = bytes.get(pos + 8..pos + 8 + len) else { break };
-            if crc32fast::hash(payload) != crc {
-                break;
-            }
-            let Ok(rec) = serde_json::from_slice::<LogRecord>(payload) else { break };
+        while let Some((rec, len)) = decode_at(bytes, pos) {
             self.apply_record(rec);
-            pos += 8 + len;
+            pos += len;
         }
         pos
     }
@@ -531,6 +563,57 @@ mod tests {
         let inner = LogInner::open(dir.path()).unwrap();
         assert_eq!(inner.entries.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3]);
         assert_eq!(std::fs::metadata(&path).unwrap().len() as usize, good_len);
+    }
+
+    /// A flipped byte in an acknowledged record with intact records after it: cutting there
+    /// would drop acknowledged entries, so opening fails, names file and offset, and leaves the
+    /// file as it was.
+    #[test]
+    fn corruption_before_intact_records_refuses_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut offsets = Vec::new();
+        {
+            let mut inner = LogInner::open(dir.path()).unwrap();
+            for i in 1..=5 {
+                offsets.push(inner.file_len);
+                inner.write(vec![LogRecord::Entry(blank(i))]).unwrap();
+            }
+        }
+        let path = dir.path().join("log");
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[offsets[2] as usize + 20] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+
+        let err = LogInner::open(dir.path()).expect_err("a corrupt middle record must refuse to open");
+        let message = err.to_string();
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert!(message.contains(&format!("byte offset {}", offsets[2])), "{message}");
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "nothing cut");
+    }
+
+    /// The shapes a crash mid-append leaves: a partial header, a partial payload, zeros.
+    #[test]
+    fn every_kind_of_torn_tail_is_cut() {
+        for tail in [vec![7u8, 0, 0], vec![0u8; 64], {
+            let mut half = Vec::new();
+            encode(&LogRecord::Entry(blank(4)), &mut half).unwrap();
+            half.truncate(half.len() / 2);
+            half
+        }] {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let mut inner = LogInner::open(dir.path()).unwrap();
+                inner.write((1..=3).map(|i| LogRecord::Entry(blank(i))).collect()).unwrap();
+            }
+            let path = dir.path().join("log");
+            let good_len = std::fs::metadata(&path).unwrap().len();
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes.extend_from_slice(&tail);
+            std::fs::write(&path, &bytes).unwrap();
+            let inner = LogInner::open(dir.path()).unwrap();
+            assert_eq!(inner.entries.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3], "tail {tail:?}");
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), good_len);
+        }
     }
 
     #[test]

@@ -39,6 +39,11 @@ impl TlsMaterial {
         Ok(TlsMaterial { roots: Arc::new(roots), chain, key })
     }
 
+    /// Subject common names of this node's own certificate (its identity towards peers).
+    pub(crate) fn own_names(&self) -> Vec<String> {
+        self.chain.first().map(|der| common_names(der)).unwrap_or_default()
+    }
+
     fn provider() -> Arc<rustls::crypto::CryptoProvider> {
         Arc::new(rustls::crypto::ring::default_provider())
     }

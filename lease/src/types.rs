@@ -40,6 +40,13 @@ impl fmt::Display for NodeInfo {
     }
 }
 
+/// Largest switchover record, serialized, in bytes. With [`MAX_TOKEN_BYTES`] and 253-byte names
+/// it bounds every log entry to ~17 KiB, so an AppendEntries request of at most
+/// `RaftTimings::max_entries_per_append` entries stays far below the endpoint's body limit.
+pub const MAX_SWITCHOVER_RECORD_BYTES: usize = 16 * 1024;
+/// Largest demotion token, in bytes (a CNPG token is a few hundred).
+pub const MAX_TOKEN_BYTES: usize = 4 * 1024;
+
 /// How many grant/release events a record keeps.
 pub const HISTORY_LEN: usize = 16;
 
@@ -215,6 +222,26 @@ impl LeaseRequest {
             }
             LeaseRequest::CasSwitchover { .. } => {}
         }
+        match self {
+            LeaseRequest::SetSyncStandby { standby: Some(standby), .. } if !name_ok(standby) => {
+                return bad("standby must be a non-empty printable name");
+            }
+            LeaseRequest::SetDemotionToken { token: Some(token), .. } if token.len() > MAX_TOKEN_BYTES => {
+                return Err(LeaseError::InvalidInput(format!(
+                    "demotion token is {} bytes; at most {MAX_TOKEN_BYTES}",
+                    token.len()
+                )));
+            }
+            LeaseRequest::CasSwitchover { record: Some(record), .. } => {
+                let size = serde_json::to_vec(record).map(|v| v.len()).unwrap_or(usize::MAX);
+                if size > MAX_SWITCHOVER_RECORD_BYTES {
+                    return Err(LeaseError::InvalidInput(format!(
+                        "switchover record is {size} bytes; at most {MAX_SWITCHOVER_RECORD_BYTES}"
+                    )));
+                }
+            }
+            _ => {}
+        }
         Ok(())
     }
 }
@@ -261,9 +288,15 @@ impl LeaseTable {
             Command::Acquire { pair, .. } => pair,
             Command::Request(r) => r.pair(),
         };
+        let existed = self.pairs.contains_key(pair);
         let rec = self.pairs.entry(pair.to_string()).or_insert_with(|| LeaseRecord::empty(pair));
         let refused = apply_to(rec, index, cmd).err();
-        CommandResult { refused, record: rec.clone() }
+        let record = rec.clone();
+        // A refused command changes nothing, not even by creating an empty record.
+        if refused.is_some() && !existed {
+            self.pairs.remove(pair);
+        }
+        CommandResult { refused, record }
     }
 }
 
@@ -446,6 +479,14 @@ mod tests {
         assert_eq!(ok(t.apply(2, &cas(0))).switchover_version, 1);
         assert_eq!(t.apply(3, &cas(0)).refused.unwrap(), RefusalReason::VersionMismatch);
         assert_eq!(ok(t.apply(4, &cas(1))).switchover, Some(serde_json::json!({"step": 1})));
+    }
+
+    #[test]
+    fn a_refused_command_creates_no_record() {
+        let mut t = LeaseTable::default();
+        let renew = LeaseRequest::Renew { pair: "ghost".into(), region: "a".into(), epoch: 1 };
+        assert_eq!(t.apply(1, &Command::Request(renew)).refused, Some(RefusalReason::NotHolder));
+        assert!(t.pairs.is_empty());
     }
 
     #[test]

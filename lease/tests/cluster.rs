@@ -4,13 +4,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Cluster, ClusterOpts, TestCa, fast_handle, fast_rules};
+use common::{Cluster, ClusterOpts, TestCa, fast_handle, fast_rules, raw_client};
 use std::sync::Arc;
 
 use lease::{BootClock, Clock, LeaseApi, LeaseError, LeaseHandle, LeaseStatus, RefusalReason, SkewedClock, boot_clock};
 use testkit::proxy::Mode;
 
-const PAIR: &str = "orders";
+use common::PAIR;
 
 fn refusal(r: Result<lease::LeaseRecord, LeaseError>) -> RefusalReason {
     match r {
@@ -47,7 +47,9 @@ async fn three_nodes_acquire_renew_release_refuse_and_regrant() -> anyhow::Resul
         assert!(matches!(reason, RefusalReason::HeldByOther | RefusalReason::ChangedSinceObserved), "{reason:?}");
     }
     assert_eq!(refusal(a.renew(PAIR, "a", first.epoch).await), RefusalReason::NotHolder);
-    assert!(matches!(b.acquire(PAIR, "w", duration).await, Err(LeaseError::InvalidInput(_))));
+    // b cannot act for the witness, and the witness itself can never hold a lease.
+    assert!(matches!(b.acquire(PAIR, "w", duration).await, Err(LeaseError::Forbidden(_))));
+    assert!(matches!(cluster.api(3).acquire(PAIR, "w", duration).await, Err(LeaseError::InvalidInput(_))));
     let linearizable = b.read(PAIR).await?.expect("record exists");
     assert_eq!((linearizable.holder.as_deref(), linearizable.epoch), (Some("a"), second.epoch));
 
@@ -74,24 +76,6 @@ async fn three_nodes_acquire_renew_release_refuse_and_regrant() -> anyhow::Resul
     // a's next renewal learns it lost.
     assert_eq!(refusal(a.renew(PAIR, "a", second.epoch).await), RefusalReason::NotHolder);
     Ok(())
-}
-
-/// An HTTP/2 client presenting `tls`'s certificate, as the lease nodes' own clients do.
-fn raw_client(tls: &lease::TlsFiles) -> anyhow::Result<reqwest::Client> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(&tls.ca)? {
-        roots.add(cert?)?;
-    }
-    let chain = CertificateDer::pem_file_iter(&tls.cert)?.collect::<Result<Vec<_>, _>>()?;
-    let key = PrivateKeyDer::from_pem_file(&tls.key)?;
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)?;
-    Ok(reqwest::Client::builder().tls_backend_preconfigured(config).http2_prior_knowledge().no_proxy().build()?)
 }
 
 /// A certificate from the cluster CA that does not name a member (an operator's or a client's)
@@ -143,14 +127,14 @@ async fn node_with_wrong_certificate_is_refused() -> anyhow::Result<()> {
     cluster.stop(3).await;
     let rogue_ca = TestCa::new(cluster.dir.path(), "rogue")?;
     let mut rogue_cfg = cluster.configs[&3].clone();
-    rogue_cfg.tls = rogue_ca.node_files("node3")?;
+    rogue_cfg.tls = rogue_ca.node_files("w")?;
     rogue_cfg.data_dir = cluster.dir.path().join("rogue");
     let rogue = lease::LeaseNode::start(rogue_cfg.clone()).await?;
     cluster.leader().await?;
 
     // Nodes 1 and 2 still form a quorum.
     let held = cluster.api(1).acquire(PAIR, "a", Duration::from_secs(2)).await?;
-    cluster.api(2).renew(PAIR, "a", held.epoch).await?;
+    cluster.api(1).renew(PAIR, "a", held.epoch).await?;
 
     // A client holding the foreign certificate is refused at the handshake; nothing changes.
     let addr = cluster.configs[&1].listen.to_string();
@@ -304,7 +288,8 @@ async fn kill_9_of_the_raft_leader_keeps_the_lease() -> anyhow::Result<()> {
     for (id, cfg) in &configs {
         procs.insert(*id, common::NodeProcess::spawn(cfg, dir.path())?);
     }
-    let client_tls = ca.node_files("client")?;
+    // Region a's daemon, talking to a node that redirects its writes to the leader.
+    let client_tls = ca.node_files("a")?;
     let remote = |id: u64| lease::RemoteLease::new(&listen[&id].to_string(), &client_tls, Duration::from_secs(3));
     let clients: BTreeMap<u64, lease::RemoteLease> =
         (1..=3).map(|id| Ok((id, remote(id)?))).collect::<anyhow::Result<_>>()?;
@@ -614,7 +599,7 @@ async fn add_and_remove_voters_by_api() -> anyhow::Result<()> {
     cluster.node(2).add_node(4, info(4), Duration::from_secs(20)).await?;
     let remote = lease::RemoteLease::new(
         &cluster.configs[&1].listen.to_string(),
-        &cluster.ca.node_files("admin")?,
+        &cluster.ca.node_files("b")?,
         Duration::from_secs(20),
     )?;
     let status = remote.add_node(5, info(5)).await?;
@@ -674,5 +659,52 @@ async fn lagging_node_catches_up_through_a_snapshot() -> anyhow::Result<()> {
         Ok(cluster.node(2).local_record(PAIR).is_some_and(|r| r.seq == after.seq))
     })
     .await?;
+    Ok(())
+}
+
+/// A flipped byte in the middle of a follower's log (acknowledged entries after it): the node
+/// refuses to start and names the file and offset, instead of cutting the log there and coming
+/// back without entries (and epochs) it acknowledged. The documented recovery — wipe its
+/// data_dir, wait out an election timeout, start it — brings it back as a working voter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_log_refuses_to_start_and_wipe_and_rejoin_recovers() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(ClusterOpts::default()).await?;
+    cluster.leader().await?;
+    let a = cluster.api(1);
+    let held = a.acquire(PAIR, "a", Duration::from_secs(3)).await?;
+    let mut last = held.clone();
+    for _ in 0..10 {
+        last = a.renew(PAIR, "a", held.epoch).await?;
+    }
+    testkit::wait_until("node 2 applied the renewals", Duration::from_secs(5), || async {
+        Ok(cluster.node(2).local_record(PAIR).is_some_and(|r| r.seq == last.seq))
+    })
+    .await?;
+    cluster.stop(2).await;
+
+    let data_dir = cluster.configs[&2].data_dir.clone();
+    let log_path = data_dir.join("log").join("log");
+    let mut bytes = std::fs::read(&log_path)?;
+    let offset = bytes.len() / 3;
+    bytes[offset] ^= 0x20;
+    std::fs::write(&log_path, &bytes)?;
+    let err = cluster.restart(2).await.expect_err("a corrupt middle record must stop the node");
+    let message = format!("{err:#}");
+    assert!(message.contains(&log_path.display().to_string()), "names the file: {message}");
+    assert!(message.contains("byte offset"), "names the offset: {message}");
+    assert_eq!(std::fs::read(&log_path)?, bytes, "the log was left as it was");
+
+    // The recovery procedure (README "Recovering a lease node").
+    std::fs::remove_dir_all(&data_dir)?;
+    tokio::time::sleep(cluster.configs[&2].raft.election_timeout_max).await;
+    cluster.restart(2).await?;
+    testkit::wait_until("node 2 rebuilt from its peers", Duration::from_secs(15), || async {
+        Ok(cluster.node(2).local_record(PAIR).is_some_and(|r| r.epoch == held.epoch && r.seq >= last.seq))
+    })
+    .await?;
+    // It is a voter again: with the witness down, nodes 1 and 2 alone still decide.
+    cluster.stop(3).await;
+    cluster.leader().await?;
+    assert_eq!(a.renew(PAIR, "a", held.epoch).await?.epoch, held.epoch);
     Ok(())
 }

@@ -119,6 +119,11 @@ impl From<JsonRejection> for ApiError {
                 "unsupported_media_type",
                 "expected Content-Type: application/json",
             ),
+            JsonRejection::BytesRejection(ref r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("request body over {} bytes", validate::MAX_BODY_BYTES),
+            ),
             // Syntax errors and wrong shapes alike are the client's malformed body: 400 with
             // serde's words for what is wrong.
             other => Self::bad_request(format!("malformed JSON body: {}", other.body_text())),
@@ -183,6 +188,7 @@ pub fn router(state: ApiState) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
         })
+        .layer(axum::extract::DefaultBodyLimit::max(validate::MAX_BODY_BYTES))
         .with_state(state)
 }
 
@@ -303,6 +309,7 @@ fn require_region(to: &str) -> Result<(), ApiError> {
 
 async fn plan(State(state): State<ApiState>, Body(request): Body<PlanRequest>) -> Result<Json<Plan>, ApiError> {
     require_region(&request.to)?;
+    validate::request_sizes(&request.to, request.pair.as_deref(), "").map_err(|e| state.reject(e))?;
     state.orchestrator.plan(&request).await.map(Json).map_err(|e| state.reject(e))
 }
 
@@ -312,6 +319,7 @@ async fn start_switchover(
     Body(request): Body<SwitchoverRequest>,
 ) -> Result<Response, ApiError> {
     require_region(&request.to)?;
+    validate::request_sizes(&request.to, request.pair.as_deref(), &request.reason).map_err(|e| state.reject(e))?;
     let id = state.orchestrator.start_switchover(&request, &caller).await.map_err(|e| state.reject(e))?;
     tracing::info!(%id, caller = %caller.name, to = %request.to, "switchover accepted");
     let location = HeaderValue::from_str(&format!("/v1/switchovers/{id}")).expect("a uuid path is a valid header");

@@ -30,6 +30,34 @@ pub fn target(to: &str, regions: &[&str]) -> Result<(), Error> {
     Ok(())
 }
 
+/// Longest switchover `reason`, in bytes: it is copied into the replicated switchover record
+/// and the audit log.
+pub const MAX_REASON_BYTES: usize = 1024;
+/// Longest region or pair name, in bytes (a DNS name).
+pub const MAX_NAME_BYTES: usize = 253;
+/// Largest request body the API reads, in bytes; a longer one is answered 413.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// Lengths of what a switchover or plan request carries into replicated state and logs.
+pub fn request_sizes(to: &str, pair: Option<&str>, reason: &str) -> Result<(), Error> {
+    for (field, value) in [("to", to), ("pair", pair.unwrap_or(""))] {
+        if value.len() > MAX_NAME_BYTES {
+            return Err(Error::BadRequest {
+                message: format!("`{field}` is {} bytes long; at most {MAX_NAME_BYTES}", value.len()),
+            });
+        }
+    }
+    if reason.len() > MAX_REASON_BYTES {
+        return Err(Error::BadRequest {
+            message: format!("`reason` is {} bytes long; at most {MAX_REASON_BYTES}", reason.len()),
+        });
+    }
+    if reason.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return Err(Error::BadRequest { message: "`reason` holds control characters".into() });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -61,6 +61,7 @@ impl Config {
                 })
                 .collect(),
             dial_overrides: raft.peers.iter().filter_map(|p| Some((p.id, p.dial.clone()?))).collect(),
+            pairs: self.pairs.iter().map(|p| p.name.clone()).collect(),
         }
     }
 }

@@ -82,11 +82,22 @@ pub struct ClusterOpts {
     pub proxies: bool,
     pub raft: RaftTimings,
     pub rules: GrantRules,
+    /// Pairs every node may create (`NodeConfig::pairs`).
+    pub pairs: Vec<String>,
 }
+
+/// The pair the tests protect.
+pub const PAIR: &str = "orders";
 
 impl Default for ClusterOpts {
     fn default() -> Self {
-        ClusterOpts { voters: 3, proxies: false, raft: RaftTimings::fast(), rules: fast_rules() }
+        ClusterOpts {
+            voters: 3,
+            proxies: false,
+            raft: RaftTimings::fast(),
+            rules: fast_rules(),
+            pairs: vec![PAIR.to_string()],
+        }
     }
 }
 
@@ -137,6 +148,7 @@ pub fn make_configs(
             lease: opts.rules.clone(),
             members: members.clone(),
             dial_overrides: dial_overrides(id),
+            pairs: opts.pairs.clone(),
         };
         configs.insert(id, cfg);
     }
@@ -275,4 +287,22 @@ impl Drop for NodeProcess {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// An HTTP/2 client presenting `tls`'s certificate, as the lease nodes' own clients do.
+pub fn raw_client(tls: &lease::TlsFiles) -> anyhow::Result<reqwest::Client> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(&tls.ca)? {
+        roots.add(cert?)?;
+    }
+    let chain = CertificateDer::pem_file_iter(&tls.cert)?.collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(&tls.key)?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?;
+    Ok(reqwest::Client::builder().tls_backend_preconfigured(config).http2_prior_knowledge().no_proxy().build()?)
 }
