@@ -120,14 +120,7 @@ pub async fn run(json: bool, shutdown: impl std::future::Future<Output = ()>) ->
     // PDM, in this process.
     // The daemons get a `commit` token; zone creation below needs the `admin` one.
     let (pdm_token, pdm_admin) = (devstack::random_hex(16), devstack::random_hex(16));
-    std::fs::write(
-        d.join("pdm.token"),
-        format!(
-            "{pdm_token}
-"
-        ),
-    )
-    .map_err(io)?;
+    topology::write_secret(&d.join("pdm.token"), &format!("{pdm_token}\n"))?;
     topology::write_pdm_tokens(&d.join("pdm-tokens.toml"), &pdm_token, &pdm_admin)?;
     let pdm_config =
         topology::pdm_config(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), &d.join("pdm-tokens.toml"), pdns)?;
@@ -161,11 +154,10 @@ pub async fn run(json: bool, shutdown: impl std::future::Future<Output = ()>) ->
     // Certificates, tokens, configs; then the daemons.
     let ca = crate::pki::LocalCa::new(&d)?;
     let owner_token = devstack::random_hex(16);
-    std::fs::write(
-        d.join("tokens.toml"),
-        format!("[[tokens]]\nname = \"demo-owner\"\nrole = \"owner\"\ntoken = \"{owner_token}\"\n"),
-    )
-    .map_err(io)?;
+    topology::write_secret(
+        &d.join("tokens.toml"),
+        &format!("[[tokens]]\nname = \"demo-owner\"\nrole = \"owner\"\ntoken = \"{owner_token}\"\n"),
+    )?;
     let port = || devstack::free_port().map_err(stack("free port"));
     let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let data = |server: &devstack::PgNode, peer: &devstack::PgNode| DataNode {

@@ -208,6 +208,7 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
     // `Config::load` validated already; a config built in code gets the same checks.
     config.validate()?;
+    config.check_secret_files()?;
     failpoint::arm(&config.failpoints)
         .map_err(|message| Error::Config { key: format!("failpoints / {}", failpoint::ENV), message })?;
     if config.role == Role::Witness {

@@ -67,7 +67,7 @@ impl LocalCa {
             key: self.dir.join(format!("{name}.key")),
         };
         std::fs::write(&files.cert, cert.pem()).map_err(pki_err)?;
-        std::fs::write(&files.key, key.serialize_pem()).map_err(pki_err)?;
+        crate::topology::write_secret(&files.key, &key.serialize_pem())?;
         Ok(files)
     }
 }

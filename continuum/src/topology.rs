@@ -194,7 +194,6 @@ pub fn pdm_config(listen: SocketAddr, tokens_file: &Path, pdns: &devstack::Power
 /// PDM's tokens file (mode 600, as PDM requires): `commit` for the daemons, `admin` for the zone
 /// set-up of the demo or the harness.
 pub fn write_pdm_tokens(path: &Path, commit: &str, admin: &str) -> Result<(), Error> {
-    use std::os::unix::fs::PermissionsExt as _;
     let token = |name: &str, role: &str, token: &str| {
         toml::Table::from_iter(
             [("name", name), ("role", role), ("token", token)].map(|(k, v)| (k.to_string(), v.into())),
@@ -205,9 +204,20 @@ pub fn write_pdm_tokens(path: &Path, commit: &str, admin: &str) -> Result<(), Er
         toml::Value::Array(vec![token("daemons", "commit", commit).into(), token("setup", "admin", admin).into()]),
     )]);
     let text = toml::to_string(&doc).map_err(internal)?;
+    write_secret(path, &text)
+}
+
+/// Writes a secret (key, token) readable by its owner only, as the daemons require.
+pub fn write_secret(path: &Path, contents: &str) -> Result<(), Error> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    use std::os::unix::fs::PermissionsExt as _;
     let io = |e: std::io::Error| internal(format!("{}: {e}", path.display()));
-    std::fs::write(path, text).map_err(io)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)
+    let mut file =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).map_err(io)?;
+    // An existing file keeps its mode through open: tighten it too.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    file.write_all(contents.as_bytes()).map_err(io)
 }
 
 fn pdm_config_for(

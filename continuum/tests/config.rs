@@ -376,6 +376,22 @@ fn unusable_tokens_file_exits_64() {
     assert!(!stderr.contains("0123456789abcdef0"), "the token leaked into the message: {stderr}");
 }
 
+/// A secret file others may read is refused at start, naming the key and the mode; nothing starts.
+#[test]
+fn world_readable_secret_files_exit_64() {
+    use std::os::unix::fs::PermissionsExt;
+    for (file, key) in [("tokens.toml", "api.tokens_file"), ("pdm.token", "pdm.token_file"), ("a.key", "tls.key")] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_daemon_config(dir.path(), testkit::free_port(), |_| {});
+        std::fs::set_permissions(dir.path().join(file), std::fs::Permissions::from_mode(0o644)).unwrap();
+        let out = Command::new(BIN).arg("run").arg("--config").arg(&path).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{file}: {stderr}");
+        assert!(stderr.contains(key) && stderr.contains("644"), "{file}: {stderr}");
+        assert!(!dir.path().join("audit.log").exists(), "{file}: something started");
+    }
+}
+
 #[test]
 fn unopenable_audit_log_exits_64() {
     let dir = tempfile::tempdir().unwrap();
@@ -395,7 +411,7 @@ async fn daemon_serves_https_when_configured() {
     let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
     let (cert, key) = (dir.path().join("api.crt"), dir.path().join("api.key"));
     std::fs::write(&cert, certified.cert.pem()).unwrap();
-    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    continuum::topology::write_secret(&key, &certified.signing_key.serialize_pem()).unwrap();
     let port = testkit::free_port();
     let path = write_daemon_config(dir.path(), port, |doc| {
         let api = table(doc, "api");

@@ -5,6 +5,7 @@
 //! a bad file is refused before the daemon touches anything. [`validate`] holds those rules;
 //! [`to_lease`] maps the file onto the lease crate's types.
 
+mod secret_files;
 mod to_lease;
 pub use to_lease::lease_start_error;
 mod validate;

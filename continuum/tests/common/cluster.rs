@@ -387,10 +387,10 @@ impl Cluster {
         let pdns = PowerDns::builder().health_check_interval(topology::HEALTH_CHECK_SECS).start().await?;
         let dir = tempfile::Builder::new().prefix("continuum-e2e-").tempdir()?;
         let d = dir.path();
-        std::fs::write(d.join("pdm.token"), format!("{PDM_TOKEN}\n"))?;
+        topology::write_secret(&d.join("pdm.token"), &format!("{PDM_TOKEN}\n"))?;
         // The daemons hold a `commit` token; this harness creates the zone with an `admin` one.
         topology::write_pdm_tokens(&d.join("pdm-tokens.toml"), PDM_TOKEN, PDM_ADMIN_TOKEN)?;
-        std::fs::write(d.join("tokens.toml"), tokens_toml())?;
+        topology::write_secret(&d.join("tokens.toml"), &tokens_toml())?;
         let pdm_config = topology::pdm_config(SocketAddr::from((gateway, 0)), &d.join("pdm-tokens.toml"), &pdns)?;
         let server = pdm::Server::bind(&pdm_config).await?;
         let pdm_url = format!("http://{}", server.local_addr());

@@ -334,8 +334,8 @@ pub async fn stream_messages(url: &str, stream: &str) -> anyhow::Result<Vec<(Str
 /// `dir`, raft on free loopback ports with no peer running, PostgreSQL absent), after `edit`
 /// had its say.
 pub fn write_daemon_config(dir: &Path, api_port: u16, edit: impl FnOnce(&mut toml::Table)) -> PathBuf {
-    std::fs::write(dir.join("tokens.toml"), tokens_toml()).unwrap();
-    std::fs::write(dir.join("pdm.token"), "pdm-token\n").unwrap();
+    continuum::topology::write_secret(&dir.join("tokens.toml"), &tokens_toml()).unwrap();
+    continuum::topology::write_secret(&dir.join("pdm.token"), "pdm-token\n").unwrap();
     let ca = continuum::pki::LocalCa::new(dir).unwrap();
     let node = ca.node("a").unwrap();
     let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/region-a.toml")).unwrap();
