@@ -101,6 +101,12 @@ pub enum Error {
         #[source]
         source: pdm::PdmError,
     },
+    #[error("PDM read-back of {name}")]
+    PdmRead {
+        name: String,
+        #[source]
+        source: pdm::PdmError,
+    },
     #[error("traffic {op}")]
     Traffic {
         op: &'static str,
@@ -156,6 +162,7 @@ impl Error {
             Error::UnsafeStep { .. } => "unsafe_step",
             Error::Lease { .. } => "lease",
             Error::Pdm { .. } => "pdm",
+            Error::PdmRead { .. } => "pdm_read",
             Error::Traffic { .. } => "traffic",
             Error::NotYetAvailable { .. } => "not_yet_available",
             Error::Bind { .. } => "bind",

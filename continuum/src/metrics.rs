@@ -95,6 +95,8 @@ struct Inner {
     fences: Family<FenceLabels, Counter>,
     watchdog_armed: Family<PairLabels, Gauge>,
     pdm_commit: HistogramFamily<OutcomeLabels>,
+    dns_in_sync: Family<PairLabels, Gauge>,
+    dns_reconcile_commits: Family<PairLabels, Counter>,
     errors: Family<ErrorLabels, Counter>,
     audit_backlog: Gauge,
     audit_published: Counter,
@@ -199,6 +201,18 @@ impl Metrics {
             Unit::Seconds,
             pdm_commit.clone(),
         );
+        let dns_in_sync = Family::<PairLabels, Gauge>::default();
+        registry.register(
+            "dns_in_sync",
+            "On the holder: 1 when PDM's record for the pair is the holder's, with its epoch",
+            dns_in_sync.clone(),
+        );
+        let dns_reconcile_commits = Family::<PairLabels, Counter>::default();
+        registry.register(
+            "dns_reconcile_commits",
+            "DNS commits made because the read-back record differed from the holder's",
+            dns_reconcile_commits.clone(),
+        );
         let errors = Family::<ErrorLabels, Counter>::default();
         registry.register("errors", "Errors handled, by kind", errors.clone());
         let audit_backlog = Gauge::default();
@@ -227,6 +241,8 @@ impl Metrics {
                 fences,
                 watchdog_armed,
                 pdm_commit,
+                dns_in_sync,
+                dns_reconcile_commits,
                 errors,
                 audit_backlog,
                 audit_published,
@@ -331,6 +347,19 @@ impl Metrics {
 
     pub fn observe_pdm_commit(&self, outcome: &str, took: Duration) {
         self.inner.pdm_commit.get_or_create(&OutcomeLabels { outcome: outcome.into() }).observe(seconds(took));
+    }
+
+    pub fn set_dns_in_sync(&self, pair: &str, in_sync: bool) {
+        self.inner.dns_in_sync.get_or_create(&PairLabels { pair: pair.into() }).set(i64::from(in_sync));
+    }
+
+    /// This region no longer owns the pair's record: its series goes (the new holder reports).
+    pub fn clear_dns_in_sync(&self, pair: &str) {
+        self.inner.dns_in_sync.remove(&PairLabels { pair: pair.into() });
+    }
+
+    pub fn count_dns_reconcile_commit(&self, pair: &str) {
+        self.inner.dns_reconcile_commits.get_or_create(&PairLabels { pair: pair.into() }).inc();
     }
 
     pub fn count_error(&self, error: &Error) {

@@ -40,6 +40,25 @@ pub struct PairStatus {
     #[serde(default)]
     pub attention: Option<String>,
     pub last_switchover: Option<SwitchoverRecord>,
+    /// The holder's view of the pair's DNS record (absent on a region that does not hold it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsStatus>,
+}
+
+/// What the holder last read back from PDM for the pair's record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsStatus {
+    /// The record data PDM holds for the name: the addresses of a plain record, the body of a
+    /// LUA record (its first tier is the holder's).
+    pub answer: Vec<String>,
+    /// The epoch PDM last committed the name with.
+    pub epoch: Option<u64>,
+    /// The record is what this holder commits, with its epoch.
+    pub in_sync: bool,
+    /// When it was last read back (milliseconds since the Unix epoch).
+    pub checked_at_ms: Option<u64>,
+    /// The last read-back or commit error, while it lasts.
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -344,6 +344,14 @@ pub struct PdmConfig {
     /// Pause between two commit attempts.
     #[serde(with = "humantime_serde", default = "defaults::pdm_commit_retry_pause")]
     pub commit_retry_pause: Duration,
+    /// How often the holder reads its DNS record back from PDM and re-commits it with its epoch
+    /// when it differs (after a failover whose commit failed, an edit behind PDM's back, ...).
+    #[serde(with = "humantime_serde", default = "defaults::pdm_reconcile_interval")]
+    pub reconcile_interval: Duration,
+    /// Longest pause between two reconcile attempts while PDM fails (the pause doubles from
+    /// `commit_retry_pause` up to this).
+    #[serde(with = "humantime_serde", default = "defaults::pdm_reconcile_max_backoff")]
+    pub reconcile_max_backoff: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -466,6 +474,12 @@ mod defaults {
     }
     pub fn pdm_commit_attempts() -> u32 {
         3
+    }
+    pub fn pdm_reconcile_interval() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn pdm_reconcile_max_backoff() -> Duration {
+        Duration::from_secs(5)
     }
     pub fn pdm_commit_retry_pause() -> Duration {
         Duration::from_millis(200)

@@ -32,6 +32,8 @@ pub(super) struct Pdm {
     pub zone: String,
     pub attempts: u32,
     pub retry_pause: std::time::Duration,
+    pub reconcile_interval: std::time::Duration,
+    pub reconcile_max_backoff: std::time::Duration,
 }
 
 /// One pair's own parts.
@@ -59,6 +61,8 @@ pub(super) fn pdm_client(config: &Config) -> Result<Pdm, Error> {
         zone: pdm_config.zone.clone(),
         attempts: pdm_config.commit_attempts,
         retry_pause: pdm_config.commit_retry_pause,
+        reconcile_interval: pdm_config.reconcile_interval,
+        reconcile_max_backoff: pdm_config.reconcile_max_backoff,
     })
 }
 

@@ -27,6 +27,7 @@
 mod build;
 pub mod decide;
 mod dns;
+mod dns_reconcile;
 mod holder;
 mod observe;
 mod pair;
@@ -117,6 +118,7 @@ impl Daemon {
         for (name, ctl) in &daemon.pairs {
             let pair_stop = stop.child_token();
             let task = daemon.loops.spawn(ctl.clone().run(pair_stop.clone()));
+            daemon.loops.spawn(ctl.clone().dns_reconcile_loop(pair_stop.clone()));
             daemon.pair_loops.lock().expect("pair loops poisoned").insert(name.clone(), (pair_stop, task));
         }
         daemon.loops.spawn(daemon.clone().readiness_loop(readiness, stop.clone()));

@@ -87,6 +87,8 @@ pub(super) struct PairCtl {
     pub tick: Duration,
     /// Fence watchers and renewal recorders, joined on shutdown.
     pub detached: TaskTracker,
+    /// What the DNS reconciler last found (`None` while this region does not own the record).
+    pub dns_status: Mutex<Option<crate::api::DnsStatus>>,
 }
 
 impl PairCtl {
@@ -115,6 +117,7 @@ impl PairCtl {
             tick: cfg.effective_observe_interval(&config.lease),
             cfg,
             detached,
+            dns_status: Mutex::new(None),
         }
     }
 

@@ -110,6 +110,7 @@ impl PairCtl {
             in_flight,
             attention,
             last_switchover,
+            dns: self.dns_status.lock().expect("dns status poisoned").clone(),
         }
     }
 }

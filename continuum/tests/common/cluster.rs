@@ -330,6 +330,7 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub http: reqwest::Client,
     pdm_stop: Option<oneshot::Sender<()>>,
+    pdm_link: Option<Proxy>,
     links: Vec<Proxy>,
     /// Last: links and namespaces go after every process in them.
     pub network: Option<Network>,
@@ -393,7 +394,12 @@ impl Cluster {
         topology::write_secret(&d.join("tokens.toml"), &tokens_toml())?;
         let pdm_config = topology::pdm_config(SocketAddr::from((gateway, 0)), &d.join("pdm-tokens.toml"), &pdns)?;
         let server = pdm::Server::bind(&pdm_config).await?;
-        let pdm_url = format!("http://{}", server.local_addr());
+        // On loopback PDM sits behind a proxy, so a test can take it away (`set_pdm`).
+        let pdm_link = match network {
+            None => Some(Proxy::start(server.local_addr()).await?),
+            Some(_) => None,
+        };
+        let pdm_url = format!("http://{}", pdm_link.as_ref().map_or(server.local_addr(), Proxy::addr));
         let (pdm_stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(async move {
             let _ = server
@@ -482,6 +488,7 @@ impl Cluster {
             dir,
             http: reqwest::Client::new(),
             pdm_stop: Some(pdm_stop),
+            pdm_link,
             links,
             network,
         };
@@ -493,6 +500,11 @@ impl Cluster {
             .await?;
         cluster.wait_dns("a").await?;
         Ok(cluster)
+    }
+
+    /// Sets the daemons' link to PDM to `mode` (e.g. `Refuse`: PDM is down). Loopback only.
+    pub fn set_pdm(&self, mode: Mode) {
+        self.pdm_link.as_ref().expect("PDM has no proxy in namespace mode").set_mode(mode);
     }
 
     /// Sets every inter-region link (see [`Options::link_proxies`]) to `mode`.

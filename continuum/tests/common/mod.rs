@@ -126,6 +126,7 @@ impl Orchestrator for MemoryOrchestrator {
                 in_flight: None,
                 attention: None,
                 last_switchover: state.history.first().cloned(),
+                dns: None,
             }],
         })
     }
