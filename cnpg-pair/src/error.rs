@@ -98,8 +98,9 @@ pub enum Error {
     Kube {
         node: String,
         action: String,
+        /// Boxed: `kube::Error` is large and would bloat every `Result` of the crate.
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
 
     /// The `Cluster` resource is not what the CNPG driver needs (missing field, wrong topology).
@@ -174,7 +175,7 @@ impl Error {
             | Error::ClusterSpec { .. }
             | Error::ClusterUnrecoverable { .. }
             | Error::BadToken { .. } => ErrorClass::NeedsOperator,
-            Error::Kube { source, .. } => kube_class(source),
+            Error::Kube { source, .. } => kube_class(source.as_ref()),
             Error::SystemIdMismatch { .. }
             | Error::TimelineMismatch { .. }
             | Error::WrongRole { .. }

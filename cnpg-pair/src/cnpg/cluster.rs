@@ -172,7 +172,9 @@ impl ClusterApi {
     async fn call<T>(&self, action: &str, fut: impl Future<Output = std::result::Result<T, kube::Error>>) -> Result<T> {
         match tokio::time::timeout(self.timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(source)) => Err(Error::Kube { node: self.node.clone(), action: action.into(), source }),
+            Ok(Err(source)) => {
+                Err(Error::Kube { node: self.node.clone(), action: action.into(), source: Box::new(source) })
+            }
             Err(_) => Err(Error::Timeout { node: self.node.clone(), what: "Kubernetes API call", after: self.timeout }),
         }
     }
@@ -232,7 +234,7 @@ pub async fn client(node: &str, access: &KubeAccess) -> Result<kube::Client> {
     kube::Client::try_from(config).map_err(|source| Error::Kube {
         node: node.to_string(),
         action: "build the client".into(),
-        source,
+        source: Box::new(source),
     })
 }
 
