@@ -64,6 +64,7 @@ impl StandIn {
             let config = watcher::Config::default().fields(&format!("metadata.name={}", me.cluster));
             let mut events = watcher(me.api.clone(), config).boxed();
             loop {
+                tracing::debug!(cluster = %me.cluster, "stand-in: reconcile");
                 if let Err(e) = me.reconcile().await {
                     tracing::warn!(cluster = %me.cluster, "stand-in reconcile: {e:#}");
                 }
@@ -93,7 +94,8 @@ fn text(v: &Value, pointer: &str) -> Option<String> {
 
 impl Instance {
     async fn reconcile(&mut self) -> anyhow::Result<()> {
-        let obj = self.api.get(&self.cluster).await?;
+        // Bounded: a request caught by an API-server restart would otherwise hang for seconds.
+        let obj = tokio::time::timeout(Duration::from_secs(1), self.api.get(&self.cluster)).await??;
         let data = serde_json::to_value(&obj)?;
         let self_name = text(&data, "/spec/replica/self").unwrap_or_else(|| self.cluster.clone());
         let replica = match data.pointer("/spec/replica/enabled").and_then(Value::as_bool) {
