@@ -1,7 +1,7 @@
 //! The driver interface the daemon orchestrates. One implementation per way of running
-//! PostgreSQL. Today the crate holds only the plain driver, [`crate::plain::PlainDriver`] (the
-//! daemon manages the data directory); the CloudNativePG driver (the daemon patches its region's
-//! `Cluster`) is not written yet and will be the second implementation of [`PairDriver`].
+//! PostgreSQL: the plain driver, [`crate::plain::PlainDriver`] (the daemon manages the data
+//! directory), and the CloudNativePG driver, [`crate::cnpg::CnpgDriver`] (the daemon patches its
+//! region's `Cluster`).
 //!
 //! Each method is one step of §5 and is idempotent: after a crash between any two steps the
 //! daemon calls the same method again and gets the same result.

@@ -83,6 +83,47 @@ pub enum Error {
 
     #[error("{node}: rejoin gave up after {attempts} attempts; last error: {last}")]
     RejoinGaveUp { node: String, attempts: u32, last: Box<Error> },
+
+    /// The Kubernetes client could not be configured (kubeconfig, in-cluster credentials).
+    #[error("{node}: Kubernetes client configuration ({from}): {source}")]
+    KubeConfig {
+        node: String,
+        from: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// A Kubernetes API call failed; [`Error::class`] looks at the HTTP status.
+    #[error("{node}: Kubernetes API: {action}: {source}")]
+    Kube {
+        node: String,
+        action: String,
+        /// Boxed: `kube::Error` is large and would bloat every `Result` of the crate.
+        #[source]
+        source: Box<kube::Error>,
+    },
+
+    /// The `Cluster` resource is not what the CNPG driver needs (missing field, wrong topology).
+    #[error("{node}: Cluster {cluster}: {detail}")]
+    ClusterSpec { node: String, cluster: String, detail: String },
+
+    /// CNPG reports the `Cluster` as needing manual intervention (e.g. a promotion token that
+    /// does not match the instance).
+    #[error("{node}: Cluster {cluster} is in phase {phase:?}: {reason}")]
+    ClusterUnrecoverable { node: String, cluster: String, phase: String, reason: String },
+
+    /// A demotion/promotion token that does not decode or is not CNPG's format.
+    #[error("{node}: invalid CNPG token: {detail}")]
+    BadToken { node: String, detail: String },
+
+    /// The token was used before (or CNPG already consumed it): sending it again would make CNPG
+    /// ignore it or mark the cluster unrecoverable.
+    #[error("{node}: refuses to send a promotion token that was already used ({token_prefix}…)")]
+    TokenReused { node: String, token_prefix: String },
+
+    /// The token belongs to another history than the local instance's (system or timeline).
+    #[error("{node}: promotion token does not match the local instance: {detail}")]
+    StaleToken { node: String, detail: String },
 }
 
 impl Error {
@@ -105,6 +146,13 @@ impl Error {
             Error::DurabilityRequired => "durability_required",
             Error::StoreWrite(_) => "store_write",
             Error::RejoinGaveUp { .. } => "rejoin_gave_up",
+            Error::KubeConfig { .. } => "kube_config",
+            Error::Kube { .. } => "kube",
+            Error::ClusterSpec { .. } => "cluster_spec",
+            Error::ClusterUnrecoverable { .. } => "cluster_unrecoverable",
+            Error::BadToken { .. } => "bad_token",
+            Error::TokenReused { .. } => "token_reused",
+            Error::StaleToken { .. } => "stale_token",
         }
     }
 
@@ -122,12 +170,28 @@ impl Error {
             | Error::Io { .. }
             | Error::Parse { .. }
             | Error::DurabilityRequired
-            | Error::RejoinGaveUp { .. } => ErrorClass::NeedsOperator,
+            | Error::RejoinGaveUp { .. }
+            | Error::KubeConfig { .. }
+            | Error::ClusterSpec { .. }
+            | Error::ClusterUnrecoverable { .. }
+            | Error::BadToken { .. } => ErrorClass::NeedsOperator,
+            Error::Kube { source, .. } => kube_class(source.as_ref()),
             Error::SystemIdMismatch { .. }
             | Error::TimelineMismatch { .. }
             | Error::WrongRole { .. }
-            | Error::EpochWentBackwards { .. } => ErrorClass::Unsafe,
+            | Error::EpochWentBackwards { .. }
+            | Error::TokenReused { .. }
+            | Error::StaleToken { .. } => ErrorClass::Unsafe,
         }
+    }
+}
+
+/// An API server that is down, slow or busy (or a write conflict) is worth retrying; one that
+/// answers "forbidden", "not found" or "invalid" will not change its mind.
+fn kube_class(error: &kube::Error) -> ErrorClass {
+    match error {
+        kube::Error::Api(status) if matches!(status.code, 400 | 401 | 403 | 404 | 422) => ErrorClass::NeedsOperator,
+        _ => ErrorClass::Retryable,
     }
 }
 

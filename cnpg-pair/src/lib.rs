@@ -1,8 +1,9 @@
 //! The data-plane driver: observes a synchronous PostgreSQL pair, decides whether the standby is
 //! eligible for a lossless promotion, and fences, promotes and rejoins nodes. Despite the crate's
-//! name it holds only the plain-PostgreSQL driver ([`PlainDriver`]) until the CloudNativePG
-//! driver lands behind the same [`PairDriver`] trait; [`process`] is the one place that starts
-//! and stops a server with `pg_ctl`.
+//! name it holds two drivers behind the same [`PairDriver`] trait: the plain-PostgreSQL driver
+//! ([`PlainDriver`], the daemon runs the server) and the CloudNativePG driver ([`CnpgDriver`],
+//! the daemon patches its region's `Cluster`); [`process`] is the one place that starts and
+//! stops a server with `pg_ctl`.
 //!
 //! A planned switchover A → B at this level (the daemon adds the lease and DNS steps between):
 //! 1. `a.fence()` → [`FenceOutcome`] with the end of A's shutdown checkpoint;
@@ -19,6 +20,7 @@
 //! Database roles: managed mode connects as a superuser; an observer-only role needs
 //! `pg_monitor` (for `pg_ls_waldir()` and `pg_stat_replication` details).
 
+pub mod cnpg;
 mod driver;
 pub mod eligibility;
 mod error;
@@ -28,6 +30,7 @@ pub mod plain;
 pub mod process;
 mod sync;
 
+pub use cnpg::{CnpgConfig, CnpgDriver};
 pub use driver::{
     CaughtUp, FenceMethod, FenceOutcome, PairDriver, PromoteRequest, Promotion, RejoinMethod, Rejoined, Upstream,
 };

@@ -5,6 +5,8 @@
 //! a bad file is refused before the daemon touches anything. [`validate`] holds those rules;
 //! [`to_lease`] maps the file onto the lease crate's types.
 
+mod driver;
+pub use driver::{CnpgPairConfig, DriverKind};
 mod secret_files;
 mod to_lease;
 pub use to_lease::lease_start_error;
@@ -219,6 +221,13 @@ pub struct PairConfig {
     /// Deadline of one observation of the peer's server (connect included).
     #[serde(with = "humantime_serde", default = "defaults::peer_observe_timeout")]
     pub peer_observe_timeout: Duration,
+    /// Which driver runs this region's PostgreSQL: `plain` (the daemon, with `pg_ctl`) or `cnpg`
+    /// (CloudNativePG; the daemon patches this region's `Cluster`, see `cnpg`).
+    #[serde(default)]
+    pub driver: DriverKind,
+    /// This region's CloudNativePG `Cluster` (required with `driver = "cnpg"`, refused otherwise).
+    #[serde(default)]
+    pub cnpg: Option<CnpgPairConfig>,
     pub postgres: PostgresConfig,
     /// The pair's PostgreSQL servers in the other data regions (where a rejoining node streams
     /// from, and what the standby's daemon observes).
@@ -281,6 +290,8 @@ pub struct PgPeerConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresConfig {
+    /// Required by the plain driver; unused with `driver = "cnpg"`.
+    #[serde(default)]
     pub data_dir: PathBuf,
     #[serde(default = "defaults::pg_bin_dir")]
     pub bin_dir: PathBuf,

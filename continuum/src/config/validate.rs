@@ -233,9 +233,7 @@ fn validate_pair(i: usize, pair: &PairConfig, lease: &LeaseConfig, region: &str)
     if pair.postgres.superuser.trim().is_empty() {
         return Err(invalid(key("postgres.superuser"), "must not be empty"));
     }
-    if !pair.postgres.data_dir.is_absolute() {
-        return Err(invalid(key("postgres.data_dir"), "must be an absolute path"));
-    }
+    super::driver::validate_driver(i, pair, region)?;
     for (j, peer) in pair.peers.iter().enumerate() {
         if peer.port == 0 || peer.region.trim().is_empty() {
             return Err(invalid(key(&format!("peers[{j}]")), "needs a region and a non-zero port"));

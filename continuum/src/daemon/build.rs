@@ -5,14 +5,14 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use cnpg_pair::{PlainDriver, PlainNodeConfig, PlainTimeouts, RejoinPolicy, RunAs, Upstream};
+use cnpg_pair::{CnpgDriver, PlainDriver, PlainNodeConfig, PlainTimeouts, RejoinPolicy, RunAs, Upstream};
 use lease::LeaseApi;
 use tokio::sync::broadcast;
 
 use crate::Error;
 use crate::api::Event;
 use crate::audit::Audit;
-use crate::config::{Config, PairConfig, Takeover};
+use crate::config::{Config, DriverKind, PairConfig, Takeover};
 use crate::metrics::Metrics;
 
 /// What every pair of the daemon shares.
@@ -66,8 +66,33 @@ pub(super) fn pdm_client(config: &Config) -> Result<Pdm, Error> {
     })
 }
 
+/// The CloudNativePG driver of `config.pairs[i]` (`driver = "cnpg"`): checked, not connected
+/// (the Kubernetes client is built on first use).
+pub(super) fn cnpg_driver(config: &Config, i: usize, pair: &PairConfig) -> Result<CnpgDriver, Error> {
+    let key = format!("pairs[{i}].cnpg");
+    let driver_config = pair
+        .cnpg_driver_config(&config.region)
+        .ok_or_else(|| Error::Config { key: key.clone(), message: "required with driver = \"cnpg\"".into() })?;
+    CnpgDriver::new(driver_config).map_err(|e| Error::Config { key, message: e.to_string() })
+}
+
 /// The parts of `config.pairs[i]`.
 pub(super) fn pair_parts(config: &Config, i: usize, pair: &PairConfig) -> Result<PairParts, Error> {
+    if pair.driver == DriverKind::Cnpg {
+        // The driver is complete (cnpg-pair, tested against a real API server), but this control
+        // loop still restarts, fences and watches the local server with pg_ctl (holder, steps,
+        // watchdog) and does not carry the demotion token through the switchover record yet.
+        let driver = cnpg_driver(config, i, pair)?;
+        let cnpg = driver.config();
+        return Err(Error::Config {
+            key: format!("pairs[{i}].driver"),
+            message: format!(
+                "driver \"cnpg\" (Cluster {}/{}) is valid, but this daemon's control loop cannot run a CNPG pair yet: \
+                 it manages PostgreSQL with pg_ctl; use the CNPG driver through the cnpg-pair crate, or driver = \"plain\"",
+                cnpg.namespace, cnpg.cluster
+            ),
+        });
+    }
     if pair.takeover == Takeover::SyncFenced {
         tracing::warn!(pair = %pair.name, "takeover = sync-fenced is not implemented yet: taking over on lease expiry");
     }
@@ -129,4 +154,29 @@ pub(super) fn pair_parts(config: &Config, i: usize, pair: &PairConfig) -> Result
     };
     let peer_observer = cnpg_pair::Observer::new(peer_cfg.region.clone(), peer_pg, pair.peer_observe_timeout);
     Ok(PairParts { cfg: pair.clone(), peer: peer_cfg.region.clone(), peer_observer, peer_upstream, driver })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cnpg_pair_is_built_and_checked_but_refused_by_the_pg_ctl_loop() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/region-a.toml");
+        let mut doc: toml::Table = std::fs::read_to_string(path).unwrap().parse().unwrap();
+        let pair = doc["pairs"].as_array_mut().unwrap()[0].as_table_mut().unwrap();
+        pair.insert("driver".into(), "cnpg".into());
+        let section = "cluster = \"pg-a\"\nnamespace = \"db\"\npeer_cluster = \"pg-b\"\n";
+        pair.insert("cnpg".into(), toml::Value::Table(section.parse().unwrap()));
+        let config = Config::parse(&toml::to_string(&doc).unwrap()).unwrap();
+        let driver = cnpg_driver(&config, 0, &config.pairs[0]).unwrap();
+        assert_eq!(driver.config().cluster, "pg-a");
+        match pair_parts(&config, 0, &config.pairs[0]) {
+            Err(Error::Config { key, message }) => {
+                assert_eq!(key, "pairs[0].driver");
+                assert!(message.contains("db/pg-a"), "{message}");
+            }
+            other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+        }
+    }
 }
