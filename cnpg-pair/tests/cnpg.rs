@@ -180,6 +180,9 @@ async fn switchover(
     let token = fenced.handover_token.clone().context("CNPG mode hands over a token")?;
     let target = fenced.final_position.context("the token gives the final position")?;
     assert!(fenced.clean);
+    let seen = old.observe_cluster().await?;
+    assert_eq!(seen.demotion_token(), Some(token.as_str()), "the Cluster status shows the token handed over");
+    assert!(!seen.leads(&old.config().cluster) && seen.status.phase.is_some(), "{seen:?}");
     let again = old.fence().await?;
     assert_eq!(again.handover_token.as_deref(), Some(token.as_str()), "a retried fence reports the same token");
     let at = Instant::now();
@@ -190,6 +193,9 @@ async fn switchover(
     let promote = at.elapsed();
     assert_eq!(promotion.position.timeline, target.timeline + 1, "promotion starts a new timeline");
     assert!(!promotion.already_promoted);
+    let seen = new.observe_cluster().await?;
+    assert!(seen.leads(&new.config().cluster), "{seen:?}");
+    assert_eq!(seen.status.last_promotion_token.as_deref(), Some(token.as_str()), "CNPG consumed the token");
     let retried = new.promote(&PromoteRequest { epoch, handover_token: Some(token.clone()) }).await?;
     assert!(retried.already_promoted, "a retried promotion sends nothing and reports it done");
     let at = Instant::now();

@@ -146,10 +146,12 @@ impl CnpgDriver {
         }
         let local_primary = self.local_is_primary().await == Some(true);
         let already = view.leads(&me) && local_primary;
+        let mut consumed_wait = None;
         match &request.handover_token {
             _ if already => {}
             Some(token) => {
                 let in_flight = view.leads(&me) && view.replica.promotion_token.as_deref() == Some(token.as_str());
+                consumed_wait = Some(token.as_str());
                 if !in_flight {
                     self.check_unused(token, &view)?;
                     let decoded = DemotionToken::decode(&self.config.name, token)?;
@@ -167,6 +169,9 @@ impl CnpgDriver {
             }
         }
         self.wait_primary().await?;
+        if let Some(token) = consumed_wait {
+            self.wait_token_consumed(token).await?;
+        }
         let mut promotion = self.record_epoch(request.epoch).await?;
         promotion.already_promoted = already && promotion.already_promoted;
         tracing::info!(node = %self.config.name, epoch = request.epoch, position = %promotion.position, "promoted");
@@ -190,6 +195,24 @@ impl CnpgDriver {
             }
             if started.elapsed() >= deadline {
                 return Err(Error::Timeout { node: self.node(), what: "CNPG promoting", after: deadline });
+            }
+            tokio::time::sleep(self.poll()).await;
+        }
+    }
+
+    /// Until CNPG recorded the token as consumed (`status.lastPromotionToken`): that record is
+    /// what keeps a restarted driver from sending it again, so the step is not done before it.
+    async fn wait_token_consumed(&self, token: &str) -> Result<()> {
+        let deadline = self.config.timeouts.promotion;
+        let started = Instant::now();
+        loop {
+            match self.cluster.get().await {
+                Ok(view) if view.status.last_promotion_token.as_deref() == Some(token) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(node = %self.config.name, "reading lastPromotionToken: {e}"),
+            }
+            if started.elapsed() >= deadline {
+                return Err(Error::Timeout { node: self.node(), what: "CNPG recording the token", after: deadline });
             }
             tokio::time::sleep(self.poll()).await;
         }
