@@ -34,6 +34,12 @@ struct PairRegionLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    pair: String,
+    kind: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SwitchoverLabels {
     pair: String,
     kind: String,
@@ -96,6 +102,7 @@ struct Inner {
     watchdog_armed: Family<PairLabels, Gauge>,
     pdm_commit: HistogramFamily<OutcomeLabels>,
     dns_in_sync: Family<PairLabels, Gauge>,
+    write_gap: Family<KindLabels, FloatGauge>,
     dns_reconcile_commits: Family<PairLabels, Counter>,
     errors: Family<ErrorLabels, Counter>,
     audit_backlog: Gauge,
@@ -207,6 +214,13 @@ impl Metrics {
             "On the holder: 1 when PDM's record for the pair is the holder's, with its epoch",
             dns_in_sync.clone(),
         );
+        let write_gap = Family::<KindLabels, FloatGauge>::default();
+        registry.register_with_unit(
+            "switchover_last_write_gap",
+            "Write gap of the pair's last finished switchover or failover, by kind, as the daemons measured it",
+            Unit::Seconds,
+            write_gap.clone(),
+        );
         let dns_reconcile_commits = Family::<PairLabels, Counter>::default();
         registry.register(
             "dns_reconcile_commits",
@@ -242,6 +256,7 @@ impl Metrics {
                 watchdog_armed,
                 pdm_commit,
                 dns_in_sync,
+                write_gap,
                 dns_reconcile_commits,
                 errors,
                 audit_backlog,
@@ -347,6 +362,13 @@ impl Metrics {
 
     pub fn observe_pdm_commit(&self, outcome: &str, took: Duration) {
         self.inner.pdm_commit.get_or_create(&OutcomeLabels { outcome: outcome.into() }).observe(seconds(took));
+    }
+
+    pub fn set_write_gap(&self, pair: &str, kind: &str, gap_ms: Option<u64>) {
+        if let Some(ms) = gap_ms {
+            let labels = KindLabels { pair: pair.into(), kind: kind.into() };
+            self.inner.write_gap.get_or_create(&labels).set(ms as f64 / 1000.0);
+        }
     }
 
     pub fn set_dns_in_sync(&self, pair: &str, in_sync: bool) {

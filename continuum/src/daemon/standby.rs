@@ -119,6 +119,7 @@ impl PairCtl {
             }
         };
         self.metrics.observe_switchover(self.name(), "failover", outcome, started.elapsed());
+        self.metrics.set_write_gap(self.name(), "failover", sw.write_gap_ms);
         self.audit("failover.finished", Some(epoch), serde_json::to_value(&sw).unwrap_or_default()).await;
         self.store_record_best_effort(&sw).await;
         result

@@ -288,6 +288,7 @@ impl PairCtl {
             _ => "failed",
         };
         self.metrics.observe_switchover(self.name(), "planned", outcome, took);
+        self.metrics.set_write_gap(self.name(), "planned", sw.write_gap_ms);
         self.audit(
             "switchover.finished",
             sw.epoch_after.or(Some(sw.epoch_before)),
