@@ -38,7 +38,7 @@ pub(super) struct Pdm {
 pub(super) struct PairParts {
     pub cfg: PairConfig,
     pub peer: String,
-    pub peer_observer: cnpg_pair::Observer,
+    pub peer_observer: Arc<cnpg_pair::Observer>,
     pub peer_upstream: Upstream,
     pub driver: PlainDriver,
 }
@@ -90,7 +90,11 @@ pub(super) fn pair_parts(config: &Config, i: usize, pair: &PairConfig) -> Result
         .socket_dir
         .clone()
         .unwrap_or_else(|| data_dir.parent().map_or_else(|| PathBuf::from("/tmp"), PathBuf::from));
-    let timeouts = PlainTimeouts { sync_wait: pair.sync_wait_timeout, ..PlainTimeouts::default() };
+    let timeouts = PlainTimeouts {
+        sync_wait: pair.sync_wait_timeout,
+        wal_receiver_timeout: pair.effective_wal_stream_timeout(&config.lease),
+        ..PlainTimeouts::default()
+    };
     let driver = PlainDriver::new(PlainNodeConfig {
         name: config.region.clone(),
         data_dir,
@@ -123,6 +127,6 @@ pub(super) fn pair_parts(config: &Config, i: usize, pair: &PairConfig) -> Result
         user: pair.postgres.superuser.clone(),
         dbname: "postgres".into(),
     };
-    let peer_observer = cnpg_pair::Observer::new(peer_cfg.region.clone(), peer_pg, pair.peer_observe_timeout);
+    let peer_observer = Arc::new(cnpg_pair::Observer::new(peer_cfg.region.clone(), peer_pg, pair.peer_observe_timeout));
     Ok(PairParts { cfg: pair.clone(), peer: peer_cfg.region.clone(), peer_observer, peer_upstream, driver })
 }

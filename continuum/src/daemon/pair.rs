@@ -61,7 +61,9 @@ pub(super) struct PairCtl {
     pub region: String,
     pub peer: String,
     /// The peer's server, observed over a kept session like the local one.
-    pub peer_observer: cnpg_pair::Observer,
+    pub peer_observer: Arc<cnpg_pair::Observer>,
+    /// A peer observation still running when its round went on (see [`PairCtl::observe_peer`]).
+    pub peer_probe: tokio::sync::Mutex<Option<tokio::task::JoinHandle<Observed>>>,
     pub peer_upstream: Upstream,
     /// The local server as `pg_ctl` sees it.
     pub server: cnpg_pair::process::Server,
@@ -96,6 +98,7 @@ impl PairCtl {
             region: config.region.clone(),
             peer,
             peer_observer,
+            peer_probe: tokio::sync::Mutex::new(None),
             peer_upstream,
             server: driver.server(),
             lease: shared.lease.clone(),
@@ -174,6 +177,11 @@ impl PairCtl {
     // ---------------------------------------------------------------- the control loop
 
     pub(super) async fn run(self: Arc<Self>, stop: CancellationToken) {
+        // Settings of this daemon's configuration that live in node.conf (the WAL stream
+        // timeout) apply to a server that is already running.
+        if let Err(e) = self.driver.refresh_node_settings().await {
+            tracing::warn!(pair = %self.name(), error = %e, "node.conf settings not applied to the running server");
+        }
         let mut switchover_in_flight = false;
         loop {
             // A stop in the middle of a step is a crash between steps: every step is idempotent.
@@ -216,7 +224,9 @@ impl PairCtl {
     async fn round(&self, switchover_in_flight: bool) -> Result<bool, Error> {
         let Some(mut obs) = self.observe(switchover_in_flight).await else { return Ok(false) };
         if switchover_in_flight && obs.switchover_in_flight().is_none() {
-            // The switchover just ended: never act on server observations from before it.
+            // The switchover just ended: never act on server observations from before it (a
+            // peer observation still running then counts as none).
+            self.seen.lock().expect("seen poisoned").peer = None;
             let Some(fresh) = self.observe(false).await else { return Ok(false) };
             obs = fresh;
         }
