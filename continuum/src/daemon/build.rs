@@ -12,7 +12,7 @@ use tokio::sync::broadcast;
 use crate::Error;
 use crate::api::Event;
 use crate::audit::Audit;
-use crate::config::{Config, PairConfig, Takeover};
+use crate::config::{Config, PairConfig};
 use crate::metrics::Metrics;
 
 /// What every pair of the daemon shares.
@@ -64,9 +64,6 @@ pub(super) fn pdm_client(config: &Config) -> Result<Pdm, Error> {
 
 /// The parts of `config.pairs[i]`.
 pub(super) fn pair_parts(config: &Config, i: usize, pair: &PairConfig) -> Result<PairParts, Error> {
-    if pair.takeover == Takeover::SyncFenced {
-        tracing::warn!(pair = %pair.name, "takeover = sync-fenced is not implemented yet: taking over on lease expiry");
-    }
     let key = |k: &str| format!("pairs[{i}].{k}");
     let peer_cfg = pair.peers.iter().find(|p| p.region != config.region).ok_or_else(|| Error::Config {
         key: key("peers"),

@@ -156,6 +156,9 @@ impl PairCtl {
                 primary_down_timeout: self.cfg.primary_down_timeout,
                 switchover_rejoin_timeout: self.cfg.switchover_rejoin_timeout,
                 eligibility: self.policy(),
+                takeover: self.cfg.takeover,
+                suspect_window: self.suspect_window,
+                wal_stream_timeout: self.wal_stream_timeout,
             },
         }
     }

@@ -87,6 +87,9 @@ pub(super) struct PairCtl {
     /// stopped; the loop abandons the handle.
     pub lease_fenced: Arc<AtomicBool>,
     pub tick: Duration,
+    /// `sync-fenced`: the holder's silence that makes it a suspect, and the WAL stream timeout.
+    pub suspect_window: Duration,
+    pub wal_stream_timeout: Duration,
     /// Fence watchers and renewal recorders, joined on shutdown.
     pub detached: TaskTracker,
 }
@@ -116,6 +119,8 @@ impl PairCtl {
             holder: tokio::sync::Mutex::new(None),
             lease_fenced: Arc::new(AtomicBool::new(false)),
             tick: cfg.effective_observe_interval(&config.lease),
+            suspect_window: cfg.effective_suspect_window(&config.lease),
+            wal_stream_timeout: cfg.effective_wal_stream_timeout(&config.lease),
             cfg,
             detached,
         }
