@@ -31,13 +31,15 @@ pub use crate::process::RunAs;
 use crate::sync::{self, Durability, SyncRecordStore, SyncSteps};
 
 /// Keys of this node's own settings. They live in `node.conf` only.
-const OWNED_KEYS: [&str; 6] = [
+const OWNED_KEYS: [&str; 8] = [
     "port",
     "unix_socket_directories",
     "cluster_name",
     "primary_conninfo",
     "primary_slot_name",
     "synchronous_standby_names",
+    "wal_retrieve_retry_interval",
+    "wal_receiver_timeout",
 ];
 
 /// Server-log lines that mean "this node's history is not a prefix of the upstream's".
@@ -139,6 +141,17 @@ pub struct PlainTimeouts {
     /// How often waits re-check their condition.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// `wal_retrieve_retry_interval` written to `node.conf`: how long a standby's startup
+    /// process waits before it retries a lost upstream. PostgreSQL's 5 s default delays the
+    /// first reconnect to a new primary after a rejoin and, when a promotion request races
+    /// with the wait, the promotion itself.
+    #[serde(with = "humantime_serde")]
+    pub wal_retrieve_retry_interval: Duration,
+    /// `wal_receiver_timeout` written to `node.conf`: a standby's WAL receiver gives up on an
+    /// upstream it heard nothing from for this long (it pings at half of it), so a frozen or
+    /// cut-off primary shows as "not streaming" within this bound.
+    #[serde(with = "humantime_serde")]
+    pub wal_receiver_timeout: Duration,
 }
 
 impl Default for PlainTimeouts {
@@ -156,6 +169,8 @@ impl Default for PlainTimeouts {
             clone: Duration::from_secs(1800),
             sync_wait: Duration::from_secs(30),
             poll_interval: Duration::from_millis(20),
+            wal_retrieve_retry_interval: Duration::from_millis(200),
+            wal_receiver_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -482,6 +497,8 @@ impl PlainDriver {
             out += &format!("primary_conninfo = {}\n", quote(conninfo));
         }
         out += &format!("synchronous_standby_names = {}\n", quote(&settings.synchronous_standby_names));
+        out += &format!("wal_retrieve_retry_interval = '{}ms'\n", c.timeouts.wal_retrieve_retry_interval.as_millis());
+        out += &format!("wal_receiver_timeout = '{}ms'\n", c.timeouts.wal_receiver_timeout.as_millis());
         self.write_owned(&c.data_dir.join("node.conf"), &out)
     }
 
@@ -894,15 +911,7 @@ impl PairDriver for PlainDriver {
             .await?
             .get(0);
         if in_recovery {
-            let wait_seconds = i32::try_from(self.config.timeouts.promote.as_secs().max(1)).unwrap_or(i32::MAX);
-            let deadline = self.config.timeouts.promote + Duration::from_secs(2);
-            let promoted: bool = self
-                .timed("pg_promote", deadline, client.query_one("SELECT pg_promote(true, $1)", &[&wait_seconds]))
-                .await?
-                .get(0);
-            if !promoted {
-                return Err(Error::PromotionNotConfirmed { node: self.node() });
-            }
+            self.promote_until_out_of_recovery(&client).await?;
         }
         let mut promotion = self.record_epoch(&mut client, request.epoch).await?;
         // A node found already promoted but without this epoch was promoted by an earlier,
@@ -983,6 +992,9 @@ impl PairDriver for PlainDriver {
 }
 
 /// How the daemon connects to `node` (observation and driver steps alike).
+#[path = "plain_recovery.rs"]
+mod recovery;
+
 fn pg_config(node: &PlainNodeConfig) -> Config {
     let mut config = Config::new();
     config

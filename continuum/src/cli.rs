@@ -51,6 +51,12 @@ pub enum Command {
         /// Print the facts as one JSON line once everything is ready.
         #[arg(long)]
         json: bool,
+        /// `fast`: the demo's short timings (lease 3 s); `default`: the daemon's shipped defaults.
+        #[arg(long, value_enum, default_value_t = crate::demo::DemoTimings::Fast)]
+        timings: crate::demo::DemoTimings,
+        /// `lease-expiry` or `sync-fenced` (`pairs[].takeover`).
+        #[arg(long, value_enum, default_value_t = crate::demo::DemoTakeover::LeaseExpiry)]
+        takeover: crate::demo::DemoTakeover,
     },
     /// Validate a configuration file and exit (status 64 when invalid).
     CheckConfig(ConfigArg),
@@ -174,7 +180,9 @@ pub async fn execute(cli: Cli) -> Result<(), Error> {
             }
             crate::run(config, shutdown_signal()).await
         }
-        Command::Demo { json } => crate::demo::run(json, shutdown_signal()).await,
+        Command::Demo { json, timings, takeover } => {
+            crate::demo::run(crate::demo::DemoOptions { json, timings, takeover }, shutdown_signal()).await
+        }
         Command::FenceWatchdog { state_dir } => crate::watchdog::run(&state_dir).await,
         Command::CheckConfig(args) => {
             let config = Config::load(&args.config)?;

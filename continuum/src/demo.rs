@@ -93,10 +93,65 @@ struct Facts {
     dir: String,
     /// Absolute path of this `continuum` binary: the printed commands work without it on PATH.
     cli: String,
+    /// The active timings and takeover mode (`--timings`, `--takeover`).
+    timings: String,
+}
+
+/// Which timings the demo's daemons run with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoTimings {
+    /// Lease 3 s, renew 500 ms, grant margin 500 ms, raft heartbeat 100 ms, elections 0.4–0.8 s.
+    Fast,
+    /// The daemon's shipped defaults (README, Configuration).
+    Default,
+}
+
+/// `pairs[].takeover` of the demo's pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoTakeover {
+    LeaseExpiry,
+    SyncFenced,
+}
+
+/// `continuum demo` flags.
+#[derive(Debug, Clone, Copy)]
+pub struct DemoOptions {
+    pub json: bool,
+    pub timings: DemoTimings,
+    pub takeover: DemoTakeover,
+}
+
+/// The active timings as one line for the facts.
+fn timings_line(config: &crate::config::Config, name: &str) -> String {
+    let f = |d: Duration| humantime::format_duration(d).to_string();
+    let (l, r) = (&config.lease, &config.raft);
+    let mut line = format!(
+        "{name}: lease {}, renew {}, grant margin {}, raft heartbeat {}, elections {}–{}",
+        f(l.duration),
+        f(l.renew_interval),
+        f(l.grant_margin),
+        f(r.heartbeat_interval),
+        f(r.election_timeout_min),
+        f(r.election_timeout_max)
+    );
+    if let Some(pair) = config.pairs.first() {
+        match pair.takeover {
+            crate::config::Takeover::LeaseExpiry => line += ", takeover lease-expiry",
+            crate::config::Takeover::SyncFenced => {
+                line += &format!(
+                    ", takeover sync-fenced (suspect window {}, WAL stream timeout {})",
+                    f(pair.effective_suspect_window(l)),
+                    f(pair.effective_wal_stream_timeout(l))
+                );
+            }
+        }
+    }
+    line
 }
 
 /// Runs the demo until `shutdown` resolves.
-pub async fn run(json: bool, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Error> {
+pub async fn run(options: DemoOptions, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Error> {
+    let json = options.json;
     devstack::install_crypto_provider();
     let run_as = devstack::os::postgres_user().map_err(stack("PostgreSQL account"))?;
     let dir = tempfile::Builder::new().prefix("continuum-demo-").tempdir().map_err(io)?;
@@ -183,7 +238,7 @@ pub async fn run(json: bool, shutdown: impl std::future::Future<Output = ()>) ->
     let topology = Topology {
         dir: d.clone(),
         nodes,
-        timings: Some(Timings {
+        timings: (options.timings == DemoTimings::Fast).then(|| Timings {
             lease: LeaseConfig {
                 renew_interval: Duration::from_millis(500),
                 duration: Duration::from_secs(3),
@@ -201,11 +256,20 @@ pub async fn run(json: bool, shutdown: impl std::future::Future<Output = ()>) ->
         tokens_file: d.join("tokens.toml"),
     };
     let exe = std::env::current_exe().map_err(io)?;
+    let mut timings = String::new();
     for mut config in topology.configs()? {
         for pair in &mut config.pairs {
+            pair.takeover = match options.takeover {
+                DemoTakeover::LeaseExpiry => crate::config::Takeover::LeaseExpiry,
+                DemoTakeover::SyncFenced => crate::config::Takeover::SyncFenced,
+            };
             pair.failover_debounce = Duration::from_secs(30);
             // Ctrl-C stops every daemon at once: no peer would be left to hand the lease to.
             pair.on_shutdown = crate::config::OnShutdown::Fence;
+        }
+        if timings.is_empty() && !config.pairs.is_empty() {
+            let name = if options.timings == DemoTimings::Fast { "fast" } else { "default" };
+            timings = timings_line(&config, name);
         }
         let region = config.region.clone();
         let path = d.join(format!("{region}.toml"));
@@ -275,6 +339,7 @@ pub async fn run(json: bool, shutdown: impl std::future::Future<Output = ()>) ->
         pdm_url: pdm_url.clone(),
         dir: d.display().to_string(),
         cli: exe.display().to_string(),
+        timings,
     };
     if json {
         println!("{}", serde_json::to_string(&facts).map_err(|e| fail(e.to_string()))?);
@@ -311,6 +376,7 @@ fn print_facts(facts: &Facts) {
     println!("  connect:      psql \"{}\"", facts.conninfo);
     println!("  DNS:          dig @127.0.0.1 -p {} {} A", facts.dns_port, facts.dns_name);
     println!("  PDM:          {}", facts.pdm_url);
+    println!("  timings:      {}", facts.timings);
     let cli = shell_word(&facts.cli);
     println!("\n  try:  CONTINUUM_TOKEN={} {cli} status --api {}", facts.owner_token, facts.regions[0].api_url);
     println!(

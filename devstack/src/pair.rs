@@ -145,6 +145,9 @@ impl PgPairBuilder {
             ("max_connections", "60"),
             ("fsync", if self.fsync { "on" } else { "off" }),
             ("log_line_prefix", "'%m [%p] %a '"),
+            // A standby retries a lost upstream after this (PostgreSQL's default is 5 s); the
+            // daemon's driver writes the same into each node's node.conf.
+            ("wal_retrieve_retry_interval", "'200ms'"),
         ] {
             conf += &format!("{key} = {value}\n");
         }

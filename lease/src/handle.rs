@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use crate::client::LeaseApi;
 use crate::clock::{BootInstant, Clock};
 use crate::error::LeaseError;
-use crate::types::LeaseRecord;
+use crate::types::{LeaseRecord, LeaseRequest};
 
 /// Holder-side timing knobs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -119,6 +119,39 @@ impl LeaseHandle {
         cfg.validate()?;
         let t_send = clock.now();
         let rec = timed(cfg.call_timeout, "acquire", api.acquire(pair, region, cfg.duration)).await?;
+        Ok(Self::start(api, pair, region, cfg, clock, t_send, &rec))
+    }
+
+    /// Sync-fenced takeover (ARCHITECTURE §5): takes the lease of the holder of `epoch` for
+    /// `region`, its recorded synchronous standby, without waiting for it to run out, if the
+    /// record's `seq` is still `seq` (the holder wrote nothing since the caller judged it
+    /// silent); then renews it like an acquired lease. Refused (`NotSyncStandby`, `NotHolder`,
+    /// `ChangedSinceObserved`) with nothing changed otherwise.
+    pub async fn claim(
+        api: Arc<dyn LeaseApi>,
+        pair: &str,
+        region: &str,
+        (epoch, seq): (u64, u64),
+        cfg: HandleConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, LeaseError> {
+        cfg.validate()?;
+        let t_send = clock.now();
+        let req = LeaseRequest::Claim { pair: pair.into(), region: region.into(), epoch, seq: Some(seq) };
+        let rec = timed(cfg.call_timeout, "claim", api.submit(req)).await?;
+        Ok(Self::start(api, pair, region, cfg, clock, t_send, &rec))
+    }
+
+    /// Starts renewing a lease just granted as `rec` (the request was sent at `t_send`).
+    fn start(
+        api: Arc<dyn LeaseApi>,
+        pair: &str,
+        region: &str,
+        cfg: HandleConfig,
+        clock: Arc<dyn Clock>,
+        t_send: BootInstant,
+        rec: &LeaseRecord,
+    ) -> Self {
         let deadline = crate::gate::holder_deadline(t_send, rec.duration(), cfg.drift_margin);
         let initial = LeaseStatus::Valid { epoch: rec.epoch, deadline };
         let (tx, status) = watch::channel(initial);
@@ -136,7 +169,7 @@ impl LeaseHandle {
             deadline,
         };
         let task = tokio::spawn(renewer.run(stop_rx));
-        Ok(LeaseHandle {
+        LeaseHandle {
             api,
             pair: pair.to_string(),
             region: region.to_string(),
@@ -147,7 +180,7 @@ impl LeaseHandle {
             renewals,
             stop: Some(stop_tx),
             task,
-        })
+        }
     }
 
     /// The fencing token to attach to every side effect.

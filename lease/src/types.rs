@@ -164,6 +164,10 @@ pub enum LeaseRequest {
         pair: String,
         region: String,
         epoch: u64,
+        /// The record's `seq` the claimant saw when it judged the holder silent: any write of
+        /// the holder since (a renewal) refuses the claim. `None`: not checked.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
     },
 }
 
@@ -362,9 +366,12 @@ fn apply_to(rec: &mut LeaseRecord, index: u64, cmd: &Command) -> Result<(), Refu
                     rec.switchover_version += 1;
                     Ok(())
                 }
-                LeaseRequest::Claim { region, epoch, .. } => {
+                LeaseRequest::Claim { region, epoch, seq, .. } => {
                     if rec.epoch != *epoch || rec.holder.is_none() || rec.holder.as_deref() == Some(region.as_str()) {
                         return Err(RefusalReason::NotHolder);
+                    }
+                    if seq.is_some_and(|seq| seq != rec.seq) {
+                        return Err(RefusalReason::ChangedSinceObserved);
                     }
                     if rec.sync_standby.as_deref() != Some(region.as_str()) {
                         return Err(RefusalReason::NotSyncStandby);
@@ -452,7 +459,7 @@ mod tests {
     fn claim_requires_sync_standby() {
         let mut t = LeaseTable::default();
         ok(t.apply(1, &acquire(&t, "p", "a")));
-        let claim = Command::Request(LeaseRequest::Claim { pair: "p".into(), region: "b".into(), epoch: 1 });
+        let claim = Command::Request(LeaseRequest::Claim { pair: "p".into(), region: "b".into(), epoch: 1, seq: None });
         assert_eq!(t.apply(2, &claim).refused.unwrap(), RefusalReason::NotSyncStandby);
         let set =
             LeaseRequest::SetSyncStandby { pair: "p".into(), region: "a".into(), epoch: 1, standby: Some("b".into()) };
@@ -462,6 +469,24 @@ mod tests {
         // The cut-off old primary can no longer drop synchronous replication.
         let drop = LeaseRequest::SetSyncStandby { pair: "p".into(), region: "a".into(), epoch: 1, standby: None };
         assert!(t.apply(5, &Command::Request(drop)).refused.is_some());
+    }
+
+    #[test]
+    fn claim_after_a_renewal_it_did_not_see_is_refused_and_changes_nothing() {
+        let mut t = LeaseTable::default();
+        ok(t.apply(1, &acquire(&t, "p", "a")));
+        let set =
+            LeaseRequest::SetSyncStandby { pair: "p".into(), region: "a".into(), epoch: 1, standby: Some("b".into()) };
+        let seen = ok(t.apply(2, &Command::Request(set)));
+        ok(t.apply(3, &Command::Request(LeaseRequest::Renew { pair: "p".into(), region: "a".into(), epoch: 1 })));
+        let before = t.pairs["p"].clone();
+        let claim = LeaseRequest::Claim { pair: "p".into(), region: "b".into(), epoch: 1, seq: Some(seen.seq) };
+        let result = t.apply(4, &Command::Request(claim));
+        assert_eq!(result.refused, Some(RefusalReason::ChangedSinceObserved));
+        assert_eq!(t.pairs["p"], before);
+        let claim = LeaseRequest::Claim { pair: "p".into(), region: "b".into(), epoch: 1, seq: Some(before.seq) };
+        let rec = ok(t.apply(5, &Command::Request(claim)));
+        assert_eq!((rec.holder.as_deref(), rec.epoch), (Some("b"), 5));
     }
 
     #[test]

@@ -26,7 +26,7 @@ fn mutations(epoch: u64, version: u64) -> Vec<LeaseRequest> {
             expected_version: version,
             record: Some(serde_json::json!({"forged": true})),
         },
-        LeaseRequest::Claim { pair, region: "b".into(), epoch },
+        LeaseRequest::Claim { pair, region: "b".into(), epoch, seq: None },
     ]
 }
 
@@ -100,7 +100,7 @@ async fn a_region_acts_only_for_itself() -> anyhow::Result<()> {
         LeaseRequest::SetDemotionToken { pair: pair(), region: "a".into(), epoch, token: None },
     ];
     let for_b = [
-        LeaseRequest::Claim { pair: pair(), region: "b".into(), epoch },
+        LeaseRequest::Claim { pair: pair(), region: "b".into(), epoch, seq: None },
         LeaseRequest::Acquire { pair: pair(), region: "b".into(), duration_ms: 1000 },
     ];
     for node in 1..=3 {

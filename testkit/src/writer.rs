@@ -55,7 +55,7 @@ impl Writer {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
         }
-        let client = connect(&config).await.context("writer: first connection")?;
+        let client = connect(&config).await.map_err(|e| anyhow::anyhow!("writer: first connection: {e}"))?;
         client
             .batch_execute(&format!("CREATE TABLE IF NOT EXISTS {table} (id bigint PRIMARY KEY)"))
             .await
@@ -142,12 +142,61 @@ impl WriterReport {
     }
 }
 
-async fn connect(config: &Config) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = config.connect(NoTls).await?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
+/// Connects to the first host that accepts (with `target_session_attrs`), bounding each
+/// host's whole attempt by the connect timeout as libpq does: tokio-postgres bounds only the
+/// TCP connect, and a frozen server accepts TCP (the kernel does) but never answers the
+/// startup packet, which would hold the writer on that host for good.
+async fn connect(config: &Config) -> Result<Client, String> {
+    let per_host = config.get_connect_timeout().copied().unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    let mut errors = Vec::new();
+    for one in single_host_configs(config) {
+        match tokio::time::timeout(per_host, one.connect(NoTls)).await {
+            Ok(Ok((client, connection))) => {
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+                return Ok(client);
+            }
+            Ok(Err(e)) => errors.push(e.to_string()),
+            Err(_) => errors.push(format!("no answer within {per_host:?}")),
+        }
+    }
+    Err(errors.join("; "))
+}
+
+/// One configuration per host of `config` (TCP hosts; ports paired like libpq's).
+fn single_host_configs(config: &Config) -> Vec<Config> {
+    let hosts = config.get_hosts();
+    let ports = config.get_ports();
+    hosts
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let mut one = Config::new();
+            match host {
+                tokio_postgres::config::Host::Tcp(h) => one.host(h),
+                tokio_postgres::config::Host::Unix(path) => one.host_path(path),
+            };
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            one.port(port).target_session_attrs(config.get_target_session_attrs());
+            if let Some(user) = config.get_user() {
+                one.user(user);
+            }
+            if let Some(db) = config.get_dbname() {
+                one.dbname(db);
+            }
+            if let Some(password) = config.get_password() {
+                one.password(password);
+            }
+            if let Some(name) = config.get_application_name() {
+                one.application_name(name);
+            }
+            if let Some(timeout) = config.get_connect_timeout() {
+                one.connect_timeout(*timeout);
+            }
+            one
+        })
+        .collect()
 }
 
 async fn run(

@@ -177,6 +177,16 @@ pub struct PairConfig {
     pub durability: Durability,
     #[serde(default)]
     pub takeover: Takeover,
+    /// `takeover = "sync-fenced"`: how long the holder must have written nothing to the lease
+    /// store before this region may claim. Unset: twice `lease.renew_interval`, see
+    /// [`PairConfig::effective_suspect_window`].
+    #[serde(with = "humantime_serde", default)]
+    pub suspect_window: Option<Duration>,
+    /// How long a standby's WAL stream may bring no message before it counts as gone (written
+    /// to the standby's `wal_receiver_timeout`; sync-fenced claims need the stream gone). Unset:
+    /// the suspect window, at least 1 s, see [`PairConfig::effective_wal_stream_timeout`].
+    #[serde(with = "humantime_serde", default)]
+    pub wal_stream_timeout: Option<Duration>,
     /// Automatic failover only when the standby's replay is within this many bytes.
     #[serde(default = "defaults::max_lag_bytes")]
     pub max_lag_bytes: u64,
@@ -272,6 +282,21 @@ impl PairConfig {
     pub fn effective_observe_interval(&self, lease: &LeaseConfig) -> Duration {
         self.observe_interval
             .unwrap_or_else(|| (lease.renew_interval / 2).clamp(Duration::from_millis(100), Duration::from_secs(1)))
+    }
+}
+
+impl PairConfig {
+    /// The sync-fenced suspect window: `suspect_window` if set, else two renew intervals (one
+    /// missed renewal is routine jitter, two are not).
+    pub fn effective_suspect_window(&self, lease: &LeaseConfig) -> Duration {
+        self.suspect_window.unwrap_or(lease.renew_interval * 2)
+    }
+
+    /// The WAL stream timeout: `wal_stream_timeout` if set, else the suspect window but at
+    /// least 1 s (PostgreSQL's WAL receiver pings at half of it on an idle stream, so shorter
+    /// values cost replication traffic and spurious reconnects on slow links).
+    pub fn effective_wal_stream_timeout(&self, lease: &LeaseConfig) -> Duration {
+        self.wal_stream_timeout.unwrap_or_else(|| self.effective_suspect_window(lease).max(Duration::from_secs(1)))
     }
 }
 

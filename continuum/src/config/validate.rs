@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use super::{Config, LeaseConfig, PairConfig, Role, invalid};
+use super::{Config, LeaseConfig, PairConfig, Role, Takeover, invalid};
 use crate::Error;
 use crate::failpoint::Failpoint;
 
@@ -203,6 +203,27 @@ fn validate_pair(i: usize, pair: &PairConfig, lease: &LeaseConfig, region: &str)
             ));
         }
     }
+    let suspect = pair.effective_suspect_window(lease);
+    let checked = pair.takeover == Takeover::SyncFenced || pair.suspect_window.is_some();
+    if checked && (suspect <= lease.renew_interval || suspect >= lease.duration) {
+        // Within one renew interval a healthy holder is silent anyway; a lease duration or more
+        // is no faster than lease expiry.
+        return Err(invalid(
+            key("suspect_window"),
+            format!(
+                "must be above lease.renew_interval ({}) and below lease.duration ({})",
+                humantime::format_duration(lease.renew_interval),
+                humantime::format_duration(lease.duration)
+            ),
+        ));
+    }
+    let wal_timeout = pair.effective_wal_stream_timeout(lease);
+    if wal_timeout < MIN_WAL_STREAM_TIMEOUT {
+        return Err(invalid(
+            key("wal_stream_timeout"),
+            format!("must be at least {}", humantime::format_duration(MIN_WAL_STREAM_TIMEOUT)),
+        ));
+    }
     if pair.max_lag_seconds.is_zero() {
         return Err(invalid(key("max_lag_seconds"), "must be greater than zero"));
     }
@@ -259,6 +280,8 @@ fn validate_pair(i: usize, pair: &PairConfig, lease: &LeaseConfig, region: &str)
 
 /// Below this a round's own work (two observations, a linearizable read) dominates.
 const MIN_OBSERVE_INTERVAL: Duration = Duration::from_millis(50);
+/// PostgreSQL's WAL receiver pings at half its timeout: below this the pings are the traffic.
+const MIN_WAL_STREAM_TIMEOUT: Duration = Duration::from_millis(200);
 
 fn first_duplicate<T: std::hash::Hash + Eq + Copy>(items: impl IntoIterator<Item = T>) -> Option<T> {
     let mut seen = HashSet::new();

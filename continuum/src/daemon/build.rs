@@ -12,7 +12,7 @@ use tokio::sync::broadcast;
 use crate::Error;
 use crate::api::Event;
 use crate::audit::Audit;
-use crate::config::{Config, DriverKind, PairConfig, Takeover};
+use crate::config::{Config, DriverKind, PairConfig};
 use crate::metrics::Metrics;
 
 /// What every pair of the daemon shares.
@@ -40,7 +40,7 @@ pub(super) struct Pdm {
 pub(super) struct PairParts {
     pub cfg: PairConfig,
     pub peer: String,
-    pub peer_observer: cnpg_pair::Observer,
+    pub peer_observer: Arc<cnpg_pair::Observer>,
     pub peer_upstream: Upstream,
     pub driver: PlainDriver,
 }
@@ -93,9 +93,6 @@ pub(super) fn pair_parts(config: &Config, i: usize, pair: &PairConfig) -> Result
             ),
         });
     }
-    if pair.takeover == Takeover::SyncFenced {
-        tracing::warn!(pair = %pair.name, "takeover = sync-fenced is not implemented yet: taking over on lease expiry");
-    }
     let key = |k: &str| format!("pairs[{i}].{k}");
     let peer_cfg = pair.peers.iter().find(|p| p.region != config.region).ok_or_else(|| Error::Config {
         key: key("peers"),
@@ -119,7 +116,11 @@ pub(super) fn pair_parts(config: &Config, i: usize, pair: &PairConfig) -> Result
         .socket_dir
         .clone()
         .unwrap_or_else(|| data_dir.parent().map_or_else(|| PathBuf::from("/tmp"), PathBuf::from));
-    let timeouts = PlainTimeouts { sync_wait: pair.sync_wait_timeout, ..PlainTimeouts::default() };
+    let timeouts = PlainTimeouts {
+        sync_wait: pair.sync_wait_timeout,
+        wal_receiver_timeout: pair.effective_wal_stream_timeout(&config.lease),
+        ..PlainTimeouts::default()
+    };
     let driver = PlainDriver::new(PlainNodeConfig {
         name: config.region.clone(),
         data_dir,
@@ -152,7 +153,7 @@ pub(super) fn pair_parts(config: &Config, i: usize, pair: &PairConfig) -> Result
         user: pair.postgres.superuser.clone(),
         dbname: "postgres".into(),
     };
-    let peer_observer = cnpg_pair::Observer::new(peer_cfg.region.clone(), peer_pg, pair.peer_observe_timeout);
+    let peer_observer = Arc::new(cnpg_pair::Observer::new(peer_cfg.region.clone(), peer_pg, pair.peer_observe_timeout));
     Ok(PairParts { cfg: pair.clone(), peer: peer_cfg.region.clone(), peer_observer, peer_upstream, driver })
 }
 

@@ -9,7 +9,7 @@ use cnpg_pair::{Eligibility, EligibilityPolicy, Observed, PairSnapshot, SyncStat
 use lease::LeaseRecord;
 use uuid::Uuid;
 
-use crate::config::Durability;
+use crate::config::{Durability, Takeover};
 use crate::record::{Step, StepState, SwitchoverRecord};
 use crate::switchover::{self, Next};
 
@@ -73,6 +73,11 @@ pub struct Limits {
     pub primary_down_timeout: Duration,
     pub switchover_rejoin_timeout: Duration,
     pub eligibility: EligibilityPolicy,
+    pub takeover: Takeover,
+    /// `sync-fenced`: the holder's silence that makes it a suspect.
+    pub suspect_window: Duration,
+    /// `sync-fenced`: a WAL stream that brought nothing for this long is gone.
+    pub wal_stream_timeout: Duration,
 }
 
 /// What this region does this round.
@@ -140,6 +145,10 @@ pub enum Follow {
     WaitForPrimary,
     /// A standby: fail over, or stay and say why.
     Standby(FailoverCheck),
+    /// Sync-fenced takeover: the holder has been silent for the suspect window, its WAL stream
+    /// to this server is gone and everything received is replayed; claim the lease (compare-
+    /// and-swap on the record's `seq` as observed), stop the WAL receiver, promote.
+    Claim { silent_for: Duration, seq: u64 },
 }
 
 /// Whether this region's standby may take over now.
@@ -243,8 +252,35 @@ fn follow(obs: &Observation, timers: &Timers, local: &Observed) -> Follow {
         Observed::Primary(_) => Follow::FenceRoguePrimary,
         Observed::Unreachable { .. } if matches!(obs.peer_server, Some(Observed::Primary(_))) => Follow::Rejoin,
         Observed::Unreachable { .. } => Follow::WaitForPrimary,
-        Observed::Standby(_) => Follow::Standby(failover_check(obs, timers, local)),
+        Observed::Standby(standby) => {
+            let check = failover_check(obs, timers, local);
+            if check.verdict == Err(Stay::HolderNotSilent) && claim_ready(obs, timers, standby) {
+                Follow::Claim { silent_for: timers.record_silent_for, seq: obs.record.seq }
+            } else {
+                Follow::Standby(check)
+            }
+        }
     }
+}
+
+/// Sync-fenced takeover before the holder's lease ran out (ARCHITECTURE §5), on top of the
+/// ordinary checks (switch on, eligible, not debounced; the caller's `HolderNotSilent` says they
+/// passed): configured, recorded as the synchronous standby, the holder silent for the suspect
+/// window, its WAL stream to this server gone (not streaming, or nothing heard within the WAL
+/// stream timeout), and replay caught up with what was received (nothing received is left
+/// for the promotion to apply, so what the old primary could have acknowledged is visible).
+fn claim_ready(obs: &Observation, timers: &Timers, standby: &cnpg_pair::StandbyObservation) -> bool {
+    let limits = &timers.limits;
+    let stream_gone = !standby.streaming || standby.last_message_age.is_none_or(|age| age >= limits.wal_stream_timeout);
+    let replayed = match (standby.receive_lsn, standby.replay_lsn) {
+        (Some(received), Some(replayed)) => received.bytes_after(replayed) == 0,
+        _ => false,
+    };
+    limits.takeover == Takeover::SyncFenced
+        && obs.record.sync_standby.as_deref() == Some(obs.region.as_str())
+        && timers.record_silent_for >= limits.suspect_window
+        && stream_gone
+        && replayed
 }
 
 /// Eligibility (ARCHITECTURE §5: the recorded, caught-up synchronous standby), the switch,

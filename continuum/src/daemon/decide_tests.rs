@@ -8,7 +8,7 @@ use cnpg_pair::{
 use lease::LeaseRecord;
 
 use super::*;
-use crate::config::Durability;
+use crate::config::{Durability, Takeover};
 use crate::record::{Step, SwitchoverRecord};
 use crate::switchover::{StepOutcome, begin, finish, new_record};
 
@@ -116,6 +116,9 @@ fn timers() -> Timers {
             primary_down_timeout: Duration::from_secs(15),
             switchover_rejoin_timeout: Duration::from_secs(60),
             eligibility: EligibilityPolicy::default(),
+            takeover: Takeover::LeaseExpiry,
+            suspect_window: Duration::from_millis(600),
+            wal_stream_timeout: Duration::from_secs(1),
         },
     }
 }
@@ -364,6 +367,111 @@ fn standby_and_failover_branches() {
             assert!(why.contains("sync"), "{why}");
         }
         other => panic!("not recorded: {other:?}"),
+    }
+}
+
+/// A standby of b whose WAL receiver is `streaming` (last message `age` ago), having received
+/// `received` and replayed `replayed` (MB).
+fn standby_with(streaming: bool, age: Option<u64>, received: u64, replayed: u64) -> Observed {
+    Observed::Standby(StandbyObservation {
+        observed_at: now(),
+        system_id: 7,
+        timeline: 3,
+        receive_lsn: Some(Lsn(received * MB)),
+        replay_lsn: Some(Lsn(replayed * MB)),
+        replay_paused: false,
+        streaming,
+        last_message_age: age.map(Duration::from_millis),
+    })
+}
+
+#[test]
+fn sync_fenced_claim_branches() {
+    let sync_fenced = |silent_ms: u64| {
+        timers_with(move |t| {
+            t.limits.takeover = Takeover::SyncFenced;
+            t.record_silent_for = Duration::from_millis(silent_ms);
+        })
+    };
+    let peer = || primary(Some(("b", "streaming", SyncState::Sync)));
+    let seen = |local: Observed, sync: Option<&str>| {
+        let mut o = obs("b", record(Some("a"), sync), Some(local), peer());
+        o.record.seq = 17;
+        o
+    };
+    let gone = || standby_with(false, None, 100, 100);
+    // b received everything but replays 1 MB behind (the primary measured the replay lag).
+    let mut lagging = seen(standby_with(false, None, 100, 99), Some("b"));
+    for p in [&mut lagging.peer_server, &mut lagging.peer_as_primary] {
+        if let Some(Observed::Primary(p)) = p {
+            p.replicas[0].replay_lag = Some(Duration::from_millis(20));
+        }
+    }
+    let claim = |ms: u64| Action::Follow(Follow::Claim { silent_for: Duration::from_millis(ms), seq: 17 });
+    let rows: Vec<(&str, Observation, Timers, Action)> = vec![
+        (
+            "silent past the suspect window, stream gone, replayed: claim",
+            seen(gone(), Some("b")),
+            sync_fenced(700),
+            claim(700),
+        ),
+        (
+            "stream still up (a message 100 ms ago): stay",
+            seen(standby_with(true, Some(100), 100, 100), Some("b")),
+            sync_fenced(700),
+            stay(Stay::HolderNotSilent),
+        ),
+        (
+            "streaming but silent past the WAL stream timeout: claim",
+            seen(standby_with(true, Some(1500), 100, 100), Some("b")),
+            sync_fenced(700),
+            claim(700),
+        ),
+        (
+            "holder silent less than the suspect window: stay",
+            seen(gone(), Some("b")),
+            sync_fenced(500),
+            stay(Stay::HolderNotSilent),
+        ),
+        ("replay behind what was received: stay", lagging, sync_fenced(700), stay(Stay::HolderNotSilent)),
+        (
+            "lease-expiry pairs never claim",
+            seen(gone(), Some("b")),
+            timers_with(|t| t.record_silent_for = Duration::from_millis(700)),
+            stay(Stay::HolderNotSilent),
+        ),
+        (
+            "silent a whole lease: the ordinary failover, not a claim",
+            seen(gone(), Some("b")),
+            sync_fenced(LEASE_MS),
+            Action::Follow(Follow::Standby(FailoverCheck {
+                eligible: Ok(()),
+                verdict: Ok(Duration::from_millis(LEASE_MS)),
+            })),
+        ),
+        (
+            "automatic failover off: no claim either",
+            seen(gone(), Some("b")),
+            timers_with(|t| {
+                t.limits.takeover = Takeover::SyncFenced;
+                t.limits.auto_failover = false;
+                t.record_silent_for = Duration::from_millis(700);
+            }),
+            stay(Stay::AutoFailoverOff),
+        ),
+    ];
+    for (name, o, t, expected) in rows {
+        assert_eq!(decide(&o, &t), expected, "{name}");
+    }
+    // Not the recorded synchronous standby: not eligible, never a claim.
+    match decide(&seen(gone(), None), &sync_fenced(700)) {
+        Action::Follow(Follow::Standby(FailoverCheck { eligible: Err(_), verdict: Err(Stay::NotEligible) })) => {}
+        other => panic!("not recorded: {other:?}"),
+    }
+    // Another region recorded: the same.
+    match decide(&seen(gone(), Some("c")), &sync_fenced(700)) {
+        Action::Follow(Follow::Standby(FailoverCheck { eligible: Err(_), verdict: Err(Stay::NotEligible) })) => {}
+        other => panic!("other region recorded: {other:?}"),
     }
 }
 

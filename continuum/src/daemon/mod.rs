@@ -25,6 +25,7 @@
 //! hands the lease over or fences on a graceful stop (`pairs[].on_shutdown`).
 
 mod build;
+mod claim;
 pub mod decide;
 mod dns;
 mod dns_reconcile;

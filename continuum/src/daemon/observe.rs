@@ -1,7 +1,7 @@
 //! Observation: one [`Observation`] per round (the lease record, the local and the peer's
 //! server), what the status and history keep of it, and the [`Timers`] the decision reads.
 
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use cnpg_pair::{Observed, PairDriver};
 use lease::LeaseRecord;
@@ -13,6 +13,8 @@ use crate::record::{self, StepState, SwitchoverRecord};
 
 /// History entries kept per pair.
 const HISTORY_LEN: usize = 100;
+/// Longest a round waits for the peer's observation before it goes on with the last one.
+const PEER_WAIT: Duration = Duration::from_millis(200);
 
 impl PairCtl {
     /// Reads the lease record and (unless a switchover is in flight: then only the record
@@ -20,20 +22,18 @@ impl PairCtl {
     /// `None` when the record could not be read (kept for status and readiness).
     pub(super) async fn observe(&self, switchover_in_flight: bool) -> Option<Observation> {
         let servers = async {
-            if switchover_in_flight {
-                None
-            } else {
-                Some(tokio::join!(self.driver.observe(), self.peer_observer.observe()))
-            }
+            if switchover_in_flight { None } else { Some(tokio::join!(self.driver.observe(), self.observe_peer())) }
         };
         let (servers, record) = tokio::join!(servers, self.lease.read(self.name()));
         let mut seen = self.seen.lock().expect("seen poisoned");
         if let Some((local, peer)) = servers {
-            if matches!(peer, Observed::Primary(_)) {
-                seen.peer_as_primary = Some(peer.clone());
+            if let Some(peer) = peer {
+                if matches!(peer, Observed::Primary(_)) {
+                    seen.peer_as_primary = Some(peer.clone());
+                }
+                seen.peer = Some(peer);
             }
             seen.local = Some(local);
-            seen.peer = Some(peer);
         }
         let record = match record {
             Ok(record) => record.unwrap_or_else(|| LeaseRecord { pair: self.name().to_string(), ..Default::default() }),
@@ -79,6 +79,30 @@ impl PairCtl {
             peer_server: seen.peer.clone(),
             peer_as_primary: seen.peer_as_primary.clone(),
         })
+    }
+
+    /// The peer's server, if its observation finishes within [`PEER_WAIT`]; `None` (keep the
+    /// last one) while it is still running. A frozen or cut-off peer answers nothing until the
+    /// observation's own deadline (`peer_observe_timeout`) turns it into `Unreachable`; waiting
+    /// for that in every round would slow the loop to one round per deadline, and with it the
+    /// takeover. The running observation is kept for the next round, never started twice.
+    async fn observe_peer(&self) -> Option<Observed> {
+        let mut probe = self.peer_probe.lock().await;
+        let mut running = probe.take().unwrap_or_else(|| {
+            let observer = self.peer_observer.clone();
+            tokio::spawn(async move { observer.observe().await })
+        });
+        match tokio::time::timeout(PEER_WAIT, &mut running).await {
+            Ok(Ok(observed)) => Some(observed),
+            Ok(Err(e)) => {
+                tracing::warn!(pair = %self.name(), "peer observation task failed: {e}");
+                None
+            }
+            Err(_) => {
+                *probe = Some(running);
+                None
+            }
+        }
     }
 
     /// Keeps history and emits events for a switchover record as seen in the store.
@@ -132,6 +156,9 @@ impl PairCtl {
                 primary_down_timeout: self.cfg.primary_down_timeout,
                 switchover_rejoin_timeout: self.cfg.switchover_rejoin_timeout,
                 eligibility: self.policy(),
+                takeover: self.cfg.takeover,
+                suspect_window: self.suspect_window,
+                wal_stream_timeout: self.wal_stream_timeout,
             },
         }
     }

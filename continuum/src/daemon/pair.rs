@@ -61,7 +61,9 @@ pub(super) struct PairCtl {
     pub region: String,
     pub peer: String,
     /// The peer's server, observed over a kept session like the local one.
-    pub peer_observer: cnpg_pair::Observer,
+    pub peer_observer: Arc<cnpg_pair::Observer>,
+    /// A peer observation still running when its round went on (see [`PairCtl::observe_peer`]).
+    pub peer_probe: tokio::sync::Mutex<Option<tokio::task::JoinHandle<Observed>>>,
     pub peer_upstream: Upstream,
     /// The local server as `pg_ctl` sees it.
     pub server: cnpg_pair::process::Server,
@@ -85,6 +87,9 @@ pub(super) struct PairCtl {
     /// stopped; the loop abandons the handle.
     pub lease_fenced: Arc<AtomicBool>,
     pub tick: Duration,
+    /// `sync-fenced`: the holder's silence that makes it a suspect, and the WAL stream timeout.
+    pub suspect_window: Duration,
+    pub wal_stream_timeout: Duration,
     /// Fence watchers and renewal recorders, joined on shutdown.
     pub detached: TaskTracker,
     /// What the DNS reconciler last found (`None` while this region does not own the record).
@@ -98,6 +103,7 @@ impl PairCtl {
             region: config.region.clone(),
             peer,
             peer_observer,
+            peer_probe: tokio::sync::Mutex::new(None),
             peer_upstream,
             server: driver.server(),
             lease: shared.lease.clone(),
@@ -115,6 +121,8 @@ impl PairCtl {
             holder: tokio::sync::Mutex::new(None),
             lease_fenced: Arc::new(AtomicBool::new(false)),
             tick: cfg.effective_observe_interval(&config.lease),
+            suspect_window: cfg.effective_suspect_window(&config.lease),
+            wal_stream_timeout: cfg.effective_wal_stream_timeout(&config.lease),
             cfg,
             detached,
             dns_status: Mutex::new(None),
@@ -177,6 +185,11 @@ impl PairCtl {
     // ---------------------------------------------------------------- the control loop
 
     pub(super) async fn run(self: Arc<Self>, stop: CancellationToken) {
+        // Settings of this daemon's configuration that live in node.conf (the WAL stream
+        // timeout) apply to a server that is already running.
+        if let Err(e) = self.driver.refresh_node_settings().await {
+            tracing::warn!(pair = %self.name(), error = %e, "node.conf settings not applied to the running server");
+        }
         let mut switchover_in_flight = false;
         loop {
             // A stop in the middle of a step is a crash between steps: every step is idempotent.
@@ -219,7 +232,9 @@ impl PairCtl {
     async fn round(&self, switchover_in_flight: bool) -> Result<bool, Error> {
         let Some(mut obs) = self.observe(switchover_in_flight).await else { return Ok(false) };
         if switchover_in_flight && obs.switchover_in_flight().is_none() {
-            // The switchover just ended: never act on server observations from before it.
+            // The switchover just ended: never act on server observations from before it (a
+            // peer observation still running then counts as none).
+            self.seen.lock().expect("seen poisoned").peer = None;
             let Some(fresh) = self.observe(false).await else { return Ok(false) };
             obs = fresh;
         }

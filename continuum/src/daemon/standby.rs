@@ -29,6 +29,7 @@ impl PairCtl {
             Follow::Rejoin => self.rejoin().await,
             Follow::WaitForPrimary => Ok(()),
             Follow::Standby(check) => self.fail_over(&obs.record, check, None).await,
+            Follow::Claim { silent_for, seq } => self.claim(&obs.record, silent_for, seq).await,
         }
     }
 
@@ -72,26 +73,40 @@ impl PairCtl {
             Err(LeaseError::Refused { reason: RefusalReason::HeldByOther, .. }) => return Ok(()),
             Err(source) => return Err(Error::Lease { op: "failover acquire", source }),
         };
+        let reason = match superseding {
+            Some(stale) => format!("lease expired during switchover {}", stale.id),
+            None => "lease expired".to_string(),
+        };
+        self.took_over(handle, record, silent_for, superseding, Taken { why: "failover", reason }).await
+    }
+
+    /// After the lease was taken (acquired on expiry, or claimed): watch it, promote, commit
+    /// DNS, record the failover.
+    pub(super) async fn took_over(
+        &self,
+        handle: LeaseHandle,
+        record: &LeaseRecord,
+        silent_for: Duration,
+        superseding: Option<&SwitchoverRecord>,
+        taken: Taken,
+    ) -> Result<(), Error> {
+        let Taken { why, reason } = taken;
         let epoch = handle.epoch();
         self.watch(&handle).await;
         *self.holder.lock().await = Some(handle);
         self.seen.lock().expect("seen poisoned").last_failover = Some(Instant::now());
         let started = Instant::now();
         let from = record.holder.clone().unwrap_or_default();
-        tracing::warn!(pair = %self.name(), %from, epoch, "automatic failover: lease taken over");
+        tracing::warn!(pair = %self.name(), %from, epoch, why, "automatic failover: lease taken over");
         self.audit(
             "lease.acquired",
             Some(epoch),
-            serde_json::json!({ "why": "failover", "previous_epoch": record.epoch, "from": from }),
+            serde_json::json!({ "why": why, "previous_epoch": record.epoch, "from": from }),
         )
         .await;
         if let Some(stale) = superseding {
             self.supersede(stale, epoch).await;
         }
-        let reason = match superseding {
-            Some(stale) => format!("lease expired during switchover {}", stale.id),
-            None => "lease expired".to_string(),
-        };
         let mut sw = failover_record(self.name(), &from, &self.region, &reason, record.epoch, epoch);
         let result = async {
             let t = Instant::now();
@@ -155,6 +170,12 @@ impl PairCtl {
         let mut seen = self.seen.lock().expect("seen poisoned");
         self.note_switchover(&mut seen, sw);
     }
+}
+
+/// How the lease was taken: `why` for the audit record, `reason` for the failover record.
+pub(super) struct Taken {
+    pub why: &'static str,
+    pub reason: String,
 }
 
 /// A running failover record: the steps before promotion are skipped or done by the takeover.

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use continuum::api::{PairStatus, PgRole, Status, SwitchoverRecord};
-use continuum::config::{Durability, OnShutdown, PairConfig, PgPeerConfig};
+use continuum::config::{Durability, OnShutdown, PairConfig, PgPeerConfig, Takeover};
 use continuum::topology::{self, DataNode, Node, Timings, Topology};
 use testkit::netns::{NetNs, Network};
 use testkit::pg::NodeSettings;
@@ -171,6 +171,8 @@ pub async fn writable(conninfo: String) -> Writable {
 
 pub struct Options {
     pub durability: &'static str,
+    /// `pairs[].takeover`: `lease-expiry` or `sync-fenced`.
+    pub takeover: &'static str,
     pub failover_debounce: &'static str,
     pub auto_failover: bool,
     pub switchover_rejoin_timeout: &'static str,
@@ -201,6 +203,11 @@ impl Options {
             "preferred" => Durability::Preferred,
             other => anyhow::bail!("durability {other:?}"),
         };
+        pair.takeover = match self.takeover {
+            "lease-expiry" => Takeover::LeaseExpiry,
+            "sync-fenced" => Takeover::SyncFenced,
+            other => anyhow::bail!("takeover {other:?}"),
+        };
         pair.failover_debounce = duration(self.failover_debounce)?;
         pair.auto_failover = self.auto_failover;
         pair.switchover_rejoin_timeout = duration(self.switchover_rejoin_timeout)?;
@@ -219,6 +226,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             durability: "preferred",
+            takeover: "lease-expiry",
             failover_debounce: "5s",
             auto_failover: true,
             switchover_rejoin_timeout: "1m",

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub mod cluster;
+pub mod freeze;
 
 pub const OWNER: &str = "owner-token-0123456789abcdef";
 pub const OPERATOR: &str = "operator-token-0123456789abcdef";
