@@ -28,6 +28,7 @@ mod lsn;
 pub mod observe;
 pub mod plain;
 pub mod process;
+mod query;
 mod sync;
 
 pub use cnpg::{CnpgConfig, CnpgDriver};

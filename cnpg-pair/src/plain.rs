@@ -28,6 +28,7 @@ use crate::lsn::{Lsn, WalPosition};
 use crate::observe::{self, Observed, parse_lsn, timeline_of_walfile};
 use crate::process;
 pub use crate::process::RunAs;
+use crate::query::{connect_config, timed_on};
 use crate::sync::{self, Durability, SyncRecordStore, SyncSteps};
 
 /// Keys of this node's own settings. They live in `node.conf` only.
@@ -991,34 +992,12 @@ impl PairDriver for PlainDriver {
     }
 }
 
-/// How the daemon connects to `node` (observation and driver steps alike).
 #[path = "plain_recovery.rs"]
 mod recovery;
 
+/// How the daemon connects to `node` (observation and driver steps alike).
 fn pg_config(node: &PlainNodeConfig) -> Config {
-    let mut config = Config::new();
-    config
-        .host(&node.host)
-        .port(node.port)
-        .user(&node.superuser)
-        .dbname(&node.dbname)
-        .application_name("continuum")
-        .connect_timeout(node.timeouts.connect);
-    config
-}
-
-/// Runs a query on `node` under a deadline; errors name that node.
-async fn timed_on<T>(
-    node: &str,
-    what: &'static str,
-    after: Duration,
-    fut: impl Future<Output = std::result::Result<T, tokio_postgres::Error>>,
-) -> Result<T> {
-    match tokio::time::timeout(after, fut).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(source)) => Err(Error::Query { node: node.to_string(), what, source }),
-        Err(_) => Err(Error::Timeout { node: node.to_string(), what, after }),
-    }
+    connect_config(&node.host, node.port, &node.superuser, &node.dbname, node.timeouts.connect)
 }
 
 /// `FIRST 1 ("name")`: wait for exactly this standby.

@@ -63,7 +63,7 @@ impl CnpgDriver {
     pub fn new(config: CnpgConfig) -> Result<CnpgDriver> {
         config.validate()?;
         let t = &config.timeouts;
-        let pg = pg::pg_config(
+        let pg = crate::query::connect_config(
             &config.postgres.host,
             config.postgres.port,
             &config.postgres.user,
@@ -101,7 +101,13 @@ impl CnpgDriver {
 
     fn pg_config(&self) -> tokio_postgres::Config {
         let c = &self.config;
-        pg::pg_config(&c.postgres.host, c.postgres.port, &c.postgres.user, &c.postgres.dbname, c.timeouts.connect)
+        crate::query::connect_config(
+            &c.postgres.host,
+            c.postgres.port,
+            &c.postgres.user,
+            &c.postgres.dbname,
+            c.timeouts.connect,
+        )
     }
 
     fn node(&self) -> String {

@@ -11,26 +11,7 @@ use crate::driver::{CaughtUp, Promotion, Upstream};
 use crate::error::{Error, Result};
 use crate::lsn::{Lsn, WalPosition};
 use crate::observe::{self, parse_lsn, timeline_of_walfile};
-
-pub(super) fn pg_config(host: &str, port: u16, user: &str, dbname: &str, connect: Duration) -> Config {
-    let mut config = Config::new();
-    config.host(host).port(port).user(user).dbname(dbname).application_name("continuum").connect_timeout(connect);
-    config
-}
-
-/// Runs a query on `node` under a deadline; errors name that node.
-pub(super) async fn timed<T>(
-    node: &str,
-    what: &'static str,
-    after: Duration,
-    fut: impl Future<Output = std::result::Result<T, tokio_postgres::Error>>,
-) -> Result<T> {
-    match tokio::time::timeout(after, fut).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(source)) => Err(Error::Query { node: node.to_string(), what, source }),
-        Err(_) => Err(Error::Timeout { node: node.to_string(), what, after }),
-    }
-}
+use crate::query::{connect_config, timed_on};
 
 impl CnpgDriver {
     pub(super) async fn connect_to(&self, node: &str, config: &Config) -> Result<Client> {
@@ -50,7 +31,7 @@ impl CnpgDriver {
     }
 
     fn upstream_config(&self, upstream: &Upstream) -> Config {
-        pg_config(&upstream.host, upstream.port, &upstream.user, &upstream.dbname, self.config.timeouts.connect)
+        connect_config(&upstream.host, upstream.port, &upstream.user, &upstream.dbname, self.config.timeouts.connect)
     }
 
     /// Waits until the local standby has received and replayed `target` (same system/timeline).
@@ -89,8 +70,8 @@ impl CnpgDriver {
         let node = &self.config.name;
         let client = self.connect().await?;
         let after = self.config.timeouts.query;
-        timed(node, "CHECKPOINT (restartpoint)", after, client.batch_execute("CHECKPOINT")).await?;
-        let row = timed(
+        timed_on(node, "CHECKPOINT (restartpoint)", after, client.batch_execute("CHECKPOINT")).await?;
+        let row = timed_on(
             node,
             "read pg_control_checkpoint",
             after,
@@ -104,7 +85,7 @@ impl CnpgDriver {
     pub(super) async fn local_is_primary(&self) -> Option<bool> {
         let client = self.connect().await.ok()?;
         let query = client.query_one("SELECT NOT pg_is_in_recovery()", &[]);
-        timed(&self.config.name, "pg_is_in_recovery", self.config.timeouts.query, query).await.ok().map(|r| r.get(0))
+        timed_on(&self.config.name, "pg_is_in_recovery", self.config.timeouts.query, query).await.ok().map(|r| r.get(0))
     }
 
     /// Whether the local server streams from `upstream` and the upstream sees it streaming with
@@ -121,7 +102,7 @@ impl CnpgDriver {
         let up = self.connect_to(&upstream.name, &self.upstream_config(upstream)).await?;
         let after = self.config.timeouts.query;
         if target.is_none() {
-            let row = timed(
+            let row = timed_on(
                 &upstream.name,
                 "read upstream position",
                 after,
@@ -139,7 +120,7 @@ impl CnpgDriver {
         }
         let query =
             "SELECT replay_lsn::text FROM pg_stat_replication WHERE application_name = $1 AND state = 'streaming'";
-        let row = timed(&upstream.name, "read pg_stat_replication", after, up.query_opt(query, &[node])).await?;
+        let row = timed_on(&upstream.name, "read pg_stat_replication", after, up.query_opt(query, &[node])).await?;
         let replayed = row.and_then(|r| r.get::<_, Option<&str>>(0).map(str::to_string));
         match (replayed, *target) {
             (Some(lsn), Some(target)) => Ok(parse_lsn(&upstream.name, &lsn)? >= target),
@@ -154,18 +135,18 @@ impl CnpgDriver {
         let mut client = self.connect().await?;
         let epoch_i64 = i64::try_from(epoch).map_err(|_| Error::InvalidInput(format!("epoch {epoch} exceeds i64")))?;
         let after = self.config.timeouts.query;
-        let tx = timed(node, "begin", after, client.transaction()).await?;
+        let tx = timed_on(node, "begin", after, client.transaction()).await?;
         // Local commit: the peer may still be fenced; the record reaches it when it rejoins.
         let setup = "SET LOCAL synchronous_commit = local; \
              CREATE SCHEMA IF NOT EXISTS continuum; \
              CREATE TABLE IF NOT EXISTS continuum.fencing (epoch bigint PRIMARY KEY, timeline integer NOT NULL, \
                node text NOT NULL, promoted_at timestamptz NOT NULL DEFAULT now()); \
              LOCK TABLE continuum.fencing IN EXCLUSIVE MODE";
-        timed(node, "create continuum.fencing", after, tx.batch_execute(setup)).await?;
+        timed_on(node, "create continuum.fencing", after, tx.batch_execute(setup)).await?;
         let position_query = "SELECT (SELECT max(epoch) FROM continuum.fencing), \
              (SELECT system_identifier FROM pg_control_system()), pg_current_wal_lsn()::text, \
              pg_walfile_name(pg_current_wal_lsn())";
-        let row = timed(node, "read position", after, tx.query_one(position_query, &[])).await?;
+        let row = timed_on(node, "read position", after, tx.query_one(position_query, &[])).await?;
         let recorded: Option<i64> = row.get(0);
         let position = WalPosition {
             system_id: row.get::<_, i64>(1) as u64,
@@ -181,8 +162,8 @@ impl CnpgDriver {
         }
         let insert = "INSERT INTO continuum.fencing (epoch, timeline, node) VALUES ($1, $2, $3)";
         let timeline = position.timeline as i32;
-        timed(node, "record epoch", after, tx.execute(insert, &[&epoch_i64, &timeline, node])).await?;
-        timed(node, "commit epoch", after, tx.commit()).await?;
+        timed_on(node, "record epoch", after, tx.execute(insert, &[&epoch_i64, &timeline, node])).await?;
+        timed_on(node, "commit epoch", after, tx.commit()).await?;
         Ok(Promotion { position, already_promoted: false })
     }
 
@@ -190,11 +171,13 @@ impl CnpgDriver {
     pub(super) async fn running_sync_names(&self) -> Result<String> {
         let client = self.connect().await?;
         let query = client.query_one("SELECT current_setting('synchronous_standby_names')", &[]);
-        Ok(timed(&self.config.name, "show synchronous_standby_names", self.config.timeouts.query, query).await?.get(0))
+        Ok(timed_on(&self.config.name, "show synchronous_standby_names", self.config.timeouts.query, query)
+            .await?
+            .get(0))
     }
 }
 
-/// Like [`timed`] for a future that already yields this crate's `Result`.
+/// Like [`timed_on`] for a future that already yields this crate's `Result`.
 async fn timed_or<T>(
     node: &str,
     what: &'static str,

@@ -10,8 +10,8 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::CnpgDriver;
-use super::pg::timed;
 use crate::error::{Error, Result};
+use crate::query::timed_on;
 use crate::sync::SyncSteps;
 
 #[async_trait::async_trait]
@@ -49,7 +49,7 @@ impl SyncSteps for CnpgDriver {
         let query = "SELECT 1 FROM pg_stat_replication WHERE application_name = $1 AND sync_state = 'sync'";
         loop {
             let client = self.connect().await?;
-            let row = timed(&self.config.name, "read sync_state", self.config.timeouts.query, async {
+            let row = timed_on(&self.config.name, "read sync_state", self.config.timeouts.query, async {
                 client.query_opt(query, &[&standby]).await
             })
             .await?;
