@@ -80,8 +80,7 @@ async fn old_holder_dead_before_move_lease_the_target_fails_over_and_supersedes_
     assert!(!plan.blockers.iter().any(|b| b.contains("switchover is in flight")), "{plan:?}");
 
     let report = writer.stop().await;
-    let on_b = Cluster::ids_on(c.node("b"), "probe").await.unwrap();
-    let lost: Vec<i64> = report.acked.iter().copied().filter(|id| !on_b.contains(id)).collect();
+    let lost = Cluster::missing_on(c.node("b"), "probe", &report.acked).await.unwrap();
     assert!(lost.is_empty(), "acknowledged commits lost: {lost:?}");
 }
 
@@ -129,8 +128,7 @@ async fn old_holder_dead_after_move_lease_the_record_completes_after_the_rejoin_
     .unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
 
     let report = writer.stop().await;
-    let on_b = Cluster::ids_on(c.node("b"), "probe").await.unwrap();
-    let lost: Vec<i64> = report.acked.iter().copied().filter(|id| !on_b.contains(id)).collect();
+    let lost = Cluster::missing_on(c.node("b"), "probe", &report.acked).await.unwrap();
     assert!(lost.is_empty(), "acknowledged commits lost: {lost:?}");
     assert!(c.node("a").is_in_recovery().await.unwrap(), "a must be a standby");
 }

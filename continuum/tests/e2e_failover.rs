@@ -50,8 +50,7 @@ async fn kill9_of_the_primary_region_fails_over_and_the_old_primary_rejoins_by_i
         .unwrap();
 
     let report = writer.stop().await;
-    let on_b = Cluster::ids_on(c.node("b"), "probe").await.unwrap();
-    let lost: Vec<i64> = report.acked.iter().copied().filter(|id| !on_b.contains(id)).collect();
+    let lost = Cluster::missing_on(c.node("b"), "probe", &report.acked).await.unwrap();
     assert!(lost.is_empty(), "acknowledged commits missing after failover: {lost:?}");
     assert!(c.node("a").is_in_recovery().await.unwrap(), "a must be a standby");
     println!("acked {}, unknown {}", report.acked.len(), report.unknown.len());
@@ -83,7 +82,6 @@ async fn with_durability_required_writes_block_after_failover_until_the_old_prim
     c.daemon("a").start().unwrap();
     writer.wait_acked(acked + 20, Duration::from_secs(60)).await.unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
     let report = writer.stop().await;
-    let on_b = Cluster::ids_on(c.node("b"), "probe").await.unwrap();
-    let lost: Vec<i64> = report.acked.iter().copied().filter(|id| !on_b.contains(id)).collect();
+    let lost = Cluster::missing_on(c.node("b"), "probe", &report.acked).await.unwrap();
     assert!(lost.is_empty(), "acknowledged commits missing: {lost:?}");
 }

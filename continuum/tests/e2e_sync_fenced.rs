@@ -48,8 +48,7 @@ async fn kill9_of_the_holder_is_claimed_before_its_lease_could_expire() {
     writer.wait_acked(acked + 10, Duration::from_secs(20)).await.unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
     println!("kill -> writes resume {:?}", killed_at.elapsed());
     let report = writer.stop().await;
-    let on_b = Cluster::ids_on(c.node("b"), "probe").await.unwrap();
-    let lost: Vec<i64> = report.acked.iter().copied().filter(|id| !on_b.contains(id)).collect();
+    let lost = Cluster::missing_on(c.node("b"), "probe", &report.acked).await.unwrap();
     assert!(lost.is_empty(), "acknowledged commits lost: {lost:?}");
 }
 
@@ -76,8 +75,7 @@ async fn a_frozen_holder_is_claimed_and_after_the_thaw_fences_having_acknowledge
         .unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
     let report = writer.stop().await;
     // Every acknowledged commit is on b: a acknowledged nothing after b's claim that b lacks.
-    let on_b = Cluster::ids_on(c.node("b"), "probe").await.unwrap();
-    let lost: Vec<i64> = report.acked.iter().copied().filter(|id| !on_b.contains(id)).collect();
+    let lost = Cluster::missing_on(c.node("b"), "probe", &report.acked).await.unwrap();
     assert!(lost.is_empty(), "acknowledged commits missing on b (acknowledged by a after the claim?): {lost:?}");
     assert!(c.node("a").is_in_recovery().await.unwrap(), "a must be a standby");
 }

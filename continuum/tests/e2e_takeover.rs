@@ -46,8 +46,7 @@ async fn a_frozen_holder_is_taken_over_as_fast_as_a_killed_one_and_fences_after_
         .await
         .unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
     let report = writer.stop().await;
-    let on_b = Cluster::ids_on(c.node("b"), "probe").await.unwrap();
-    let lost: Vec<i64> = report.acked.iter().copied().filter(|id| !on_b.contains(id)).collect();
+    let lost = Cluster::missing_on(c.node("b"), "probe", &report.acked).await.unwrap();
     assert!(lost.is_empty(), "acknowledged commits lost: {lost:?}");
     assert!(c.node("a").is_in_recovery().await.unwrap(), "a must be a standby");
     println!("thaw -> a rejoined {:?}", thawed_at.elapsed());
@@ -75,7 +74,6 @@ async fn a_killed_holder_is_taken_over_within_the_lease_and_promotion_has_no_slo
     println!("kill -> b primary {took_over:?}, kill -> writes resume {resumed:?}");
     assert!(took_over < TAKEOVER_BOUND, "takeover of a killed holder took {took_over:?}");
     let report = writer.stop().await;
-    let on_b = Cluster::ids_on(c.node("b"), "probe").await.unwrap();
-    let lost: Vec<i64> = report.acked.iter().copied().filter(|id| !on_b.contains(id)).collect();
+    let lost = Cluster::missing_on(c.node("b"), "probe", &report.acked).await.unwrap();
     assert!(lost.is_empty(), "acknowledged commits lost: {lost:?}");
 }
