@@ -22,15 +22,16 @@ fn acting_region(req: &LeaseRequest) -> Option<&str> {
     }
 }
 
-/// Checks a client request against the caller's certificate names.
+/// Checks a client request against the caller's certificate names. `data_regions` is asked only
+/// for requests that name no region (a renewal, the hot path, never needs the membership).
 pub(crate) fn authorize_request(
     req: &LeaseRequest,
     caller: &[String],
-    data_regions: &BTreeSet<String>,
+    data_regions: impl FnOnce() -> BTreeSet<String>,
 ) -> Result<(), LeaseError> {
     match acting_region(req) {
         Some(region) => require_name(caller, region, req.op_name()),
-        None => require_data_region(caller, data_regions, req.op_name()),
+        None => require_data_region(caller, &data_regions(), req.op_name()),
     }
 }
 
@@ -39,7 +40,7 @@ pub(crate) fn authorize_request(
 pub(crate) fn authorize_command(
     cmd: &Command,
     caller: &[String],
-    data_regions: &BTreeSet<String>,
+    data_regions: impl FnOnce() -> BTreeSet<String>,
 ) -> Result<(), LeaseError> {
     match cmd {
         Command::Acquire { candidate, .. } => require_name(caller, candidate, "acquire"),
@@ -85,14 +86,17 @@ mod tests {
     fn a_region_acts_only_for_itself() {
         let regions: BTreeSet<String> = ["a".to_string(), "b".to_string()].into();
         let renew_a = LeaseRequest::Renew { pair: "p".into(), region: "a".into(), epoch: 1 };
-        assert!(authorize_request(&renew_a, &names(&["a"]), &regions).is_ok());
+        assert!(authorize_request(&renew_a, &names(&["a"]), || regions.clone()).is_ok());
         for caller in [names(&["b"]), names(&["client"]), names(&["w"]), vec![]] {
-            let err = authorize_request(&renew_a, &caller, &regions).unwrap_err();
+            let err = authorize_request(&renew_a, &caller, || regions.clone()).unwrap_err();
             assert_eq!(err.metric_label(), "forbidden", "{caller:?}");
         }
         let cas = LeaseRequest::CasSwitchover { pair: "p".into(), epoch: 1, expected_version: 0, record: None };
-        assert!(authorize_request(&cas, &names(&["b"]), &regions).is_ok());
-        assert!(authorize_request(&cas, &names(&["w"]), &regions).is_err(), "the witness holds no switchover");
+        assert!(authorize_request(&cas, &names(&["b"]), || regions.clone()).is_ok());
+        assert!(
+            authorize_request(&cas, &names(&["w"]), || regions.clone()).is_err(),
+            "the witness holds no switchover"
+        );
         let forged = Command::Acquire {
             pair: "p".into(),
             candidate: "a".into(),
@@ -100,7 +104,7 @@ mod tests {
             expected_epoch: 0,
             expected_seq: 0,
         };
-        assert!(authorize_command(&forged, &names(&["b"]), &regions).is_err());
+        assert!(authorize_command(&forged, &names(&["b"]), || regions.clone()).is_err());
         assert!(authorize_admin(&names(&["client"]), |n| regions.contains(n)).is_err());
     }
 }

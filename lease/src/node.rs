@@ -285,7 +285,7 @@ impl Shared {
     /// commits one request.
     async fn submit(&self, req: LeaseRequest, caller: &[String], route: Route) -> Result<LeaseRecord, LeaseError> {
         req.validate()?;
-        crate::authz::authorize_request(&req, caller, &self.data_regions())?;
+        crate::authz::authorize_request(&req, caller, || self.data_regions())?;
         self.check_pair_known(req.pair(), self.pairs.contains(req.pair()))?;
         match &req {
             LeaseRequest::Acquire { pair, region, duration_ms } => {
@@ -316,7 +316,7 @@ impl Shared {
     /// member cannot skip the gate by forwarding a hand-made acquire.
     fn check_forwarded(&self, cmd: &Command, caller: &[String]) -> Result<(), LeaseError> {
         let data_regions = self.data_regions();
-        crate::authz::authorize_command(cmd, caller, &data_regions)?;
+        crate::authz::authorize_command(cmd, caller, || data_regions.clone())?;
         let pair = match cmd {
             Command::Acquire { pair, .. } => pair,
             Command::Request(r) => r.pair(),
