@@ -16,8 +16,7 @@ use testkit::writer::Writer;
 /// the frozen holder's node is also the raft leader, b's lease reads wait for a new leader
 /// first (measured 5.3 s in all; issue #13 keeps this open), and a loaded CI machine adds
 /// about a second to a killed holder's takeover (measured 4.0 s): the bound leaves room for
-/// both and still fails a takeover that waits out a second lease. Printed times are the
-/// figures to watch.
+/// both and still fails one that hangs. Printed times are the figures to watch.
 const TAKEOVER_BOUND: Duration = Duration::from_millis(2300 + 4000);
 const ABANDON: Duration = Duration::from_millis(500);
 
