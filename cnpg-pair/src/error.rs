@@ -17,20 +17,37 @@ pub enum ErrorClass {
     Unsafe,
 }
 
+/// A tokio-postgres error with its causes: its own text is only the kind ("error connecting
+/// to server", "db error"); what happened (connection refused, too many clients, the server's
+/// message and SQLSTATE) is in the source chain.
+fn pg_detail(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    if let Some(db) = e.as_db_error() {
+        text += &format!(": {} ({}: {})", db.message(), db.severity(), db.code().code());
+        return text;
+    }
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text += &format!(": {c}");
+        cause = c.source();
+    }
+    text
+}
+
 /// Errors of the data-plane driver. Every variant names the node it concerns.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid input: {0}")]
     InvalidInput(String),
 
-    #[error("{node}: cannot connect to PostgreSQL: {source}")]
+    #[error("{node}: cannot connect to PostgreSQL: {}", pg_detail(source))]
     Connect {
         node: String,
         #[source]
         source: tokio_postgres::Error,
     },
 
-    #[error("{node}: {what} failed: {source}")]
+    #[error("{node}: {what} failed: {}", pg_detail(source))]
     Query {
         node: String,
         what: &'static str,
@@ -196,3 +213,19 @@ fn kube_class(error: &kube::Error) -> ErrorClass {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn a_connect_error_says_why_not_only_that_it_failed() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let mut config = tokio_postgres::Config::new();
+        config.host("127.0.0.1").port(port).user("x");
+        let source = config.connect(tokio_postgres::NoTls).await.err().expect("nothing listens there");
+        let text = super::Error::Connect { node: "b".into(), source }.to_string();
+        assert!(text.starts_with("b: cannot connect to PostgreSQL: error connecting to server: "), "{text}");
+        assert!(text.to_lowercase().contains("refused"), "{text}");
+    }
+}

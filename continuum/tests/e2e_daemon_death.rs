@@ -130,7 +130,12 @@ async fn sigterm_with_on_shutdown_switchover_hands_the_lease_over_first() {
     assert!(c.node("a").is_in_recovery().await.unwrap(), "a's server must be a standby after the hand-over");
     let report = writes_resumed_on_b(&c, writer).await;
     let gap = report.longest_gap_after(stopped);
-    assert!(gap <= LEASE + Duration::from_secs(2), "write gap {gap:?}");
+    assert!(
+        gap <= LEASE + Duration::from_secs(2),
+        "write gap {gap:?}; writer errors {:?}\n{}",
+        report.errors,
+        c.logs()
+    );
     println!("SIGTERM (switchover): exited after {:?}, write gap {gap:?}", stopped.elapsed());
 
     restarted_a_rejoins_as_standby(&mut c).await;

@@ -23,6 +23,11 @@ use tokio::sync::oneshot;
 use super::{OWNER, VIEWER, tokens_toml};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_continuum");
+
+/// How many lines of each daemon's log a failing test prints: `CONTINUUM_TEST_LOG_LINES`, 40.
+fn log_tail_lines() -> usize {
+    std::env::var("CONTINUUM_TEST_LOG_LINES").ok().and_then(|v| v.parse().ok()).unwrap_or(40)
+}
 pub const ZONE: &str = "continuum.test";
 pub const RECORD: &str = "db.continuum.test";
 pub const PDM_TOKEN: &str = "pdm-test-token-0123456789abcdef";
@@ -530,7 +535,7 @@ impl Cluster {
     pub fn logs(&self) -> String {
         self.daemons
             .values()
-            .map(|d| format!("--- {} ---\n{}", d.region, d.log_tail(40)))
+            .map(|d| format!("--- {} ---\n{}", d.region, d.log_tail(log_tail_lines())))
             .collect::<Vec<_>>()
             .join("\n")
     }
