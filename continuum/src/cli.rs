@@ -55,7 +55,7 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = crate::demo::DemoTimings::Fast)]
         timings: crate::demo::DemoTimings,
         /// `lease-expiry` or `sync-fenced` (`pairs[].takeover`).
-        #[arg(long, value_enum, default_value_t = crate::demo::DemoTakeover::LeaseExpiry)]
+        #[arg(long, value_enum, default_value_t = crate::demo::DemoTakeover::SyncFenced)]
         takeover: crate::demo::DemoTakeover,
     },
     /// Validate a configuration file and exit (status 64 when invalid).

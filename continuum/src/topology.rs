@@ -45,8 +45,8 @@ impl Timings {
     pub fn fast() -> Self {
         Self {
             heartbeat: Duration::from_millis(100),
-            election_min: Duration::from_millis(400),
-            election_max: Duration::from_millis(800),
+            election_min: Duration::from_millis(300),
+            election_max: Duration::from_millis(500),
             lease: LeaseConfig {
                 renew_interval: Duration::from_millis(300),
                 duration: Duration::from_secs(2),

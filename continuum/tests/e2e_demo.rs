@@ -225,7 +225,7 @@ async fn the_printed_commands_work_and_sigterm_to_the_script_cleans_up() {
     let status = text(&out.stdout);
     assert!(out.status.success(), "{try_status}: {}", text(&out.stderr));
     assert!(status.contains("holder a,") && status.contains("sync standby: b"), "{status}");
-    assert!(status.contains("durability preferred, takeover lease-expiry"), "{status}");
+    assert!(status.contains("durability preferred, takeover sync-fenced"), "{status}");
 
     // psql and dig as printed.
     let psql = printed.after("connect:").to_string();

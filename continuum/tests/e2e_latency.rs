@@ -25,7 +25,10 @@ const HOLD: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_holder_keeps_the_lease_over_a_slow_link() {
-    let c = Cluster::start(Options { link_proxies: true, default_timings: true, ..Options::default() }).await.unwrap();
+    // The shipped defaults: default timings and sync-fenced takeover (a slow link must not look
+    // like a silent holder with its WAL stream gone).
+    let options = Options { link_proxies: true, default_timings: true, takeover: "sync-fenced", ..Options::default() };
+    let c = Cluster::start(options).await.unwrap();
     let before = c.status("a").await.unwrap();
     let mut writer = Writer::start(&c.conninfo(), "probe").await.unwrap();
     writer.wait_acked(20, Duration::from_secs(20)).await.unwrap();

@@ -59,9 +59,10 @@ pub enum OnShutdown {
 #[serde(rename_all = "kebab-case")]
 pub enum Takeover {
     /// Wait for the holder's lease to run out.
-    #[default]
     LeaseExpiry,
     /// Claim early once the holder is silent and its WAL stream is gone (needs `sync_standby`).
+    /// The default: failover in ~2.5 s instead of a lease (docs/takeover.md has the argument).
+    #[default]
     SyncFenced,
 }
 
@@ -445,14 +446,19 @@ mod defaults {
     pub fn heartbeat() -> Duration {
         Duration::from_millis(500)
     }
+    /// Short enough that a leader change (up to twice `election_max`: openraft's voters refuse
+    /// votes for `election_max` after the last heartbeat) fits between two renewals with room,
+    /// and that the standby's claim after losing a holder that also led raft is not held up by
+    /// the election; long enough that a heartbeat delayed by a WAN hiccup does not start one.
     pub fn election_min() -> Duration {
-        Duration::from_secs(2)
+        Duration::from_millis(1100)
     }
     pub fn election_max() -> Duration {
-        Duration::from_secs(4)
+        Duration::from_millis(1600)
     }
+    /// Two missed renewals (the sync-fenced suspect window) take 2 s: the claim's floor.
     pub fn renew_interval() -> Duration {
-        Duration::from_secs(2)
+        Duration::from_secs(1)
     }
     pub fn lease_duration() -> Duration {
         Duration::from_secs(10)

@@ -80,9 +80,21 @@ impl Config {
         if raft.election_timeout_min > raft.election_timeout_max {
             return Err(invalid("raft.election_timeout_max", "must not be below raft.election_timeout_min"));
         }
-        // A leader change must fit inside one lease, or renewals stall across an election.
-        if raft.election_timeout_max >= self.lease.duration {
-            return Err(invalid("raft.election_timeout_max", "must be shorter than lease.duration"));
+        // A leader change must fit inside one lease, or the holder fences across an election:
+        // it can take twice `election_timeout_max` (openraft's voters refuse votes for
+        // `election_timeout_max` after the last heartbeat, then a candidate's timer must fire).
+        let lease = &self.lease;
+        let across = raft.election_timeout_max * 2 + lease.renew_interval + lease.fence_lead() + lease.drift_margin;
+        if across >= lease.duration {
+            return Err(invalid(
+                "raft.election_timeout_max",
+                format!(
+                    "2 × election_timeout_max + lease.renew_interval + fence lead (duration/5) + drift_margin = {} \
+                     must be shorter than lease.duration ({}): the holder could not renew across a leader change",
+                    humantime::format_duration(across),
+                    humantime::format_duration(lease.duration)
+                ),
+            ));
         }
         for (i, peer) in raft.peers.iter().enumerate() {
             if peer.region.trim().is_empty() {
@@ -368,8 +380,8 @@ mod tests {
             ..LeaseConfig::default()
         };
         config.raft.heartbeat_interval = Duration::from_millis(100);
-        config.raft.election_timeout_min = Duration::from_millis(400);
-        config.raft.election_timeout_max = Duration::from_millis(800);
+        config.raft.election_timeout_min = Duration::from_millis(300);
+        config.raft.election_timeout_max = Duration::from_millis(500);
         config.validate().unwrap();
         assert_eq!(config.lease.fence_lead(), Duration::from_millis(400));
         assert_eq!(config.lease.effective_fence_timeout(), Duration::from_millis(200));
@@ -382,6 +394,23 @@ mod tests {
         }
         config.lease.fence_timeout = Some(Duration::from_millis(300));
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn the_holder_must_be_able_to_renew_across_a_leader_change() {
+        let mut config = region_a(None).unwrap();
+        // The shipped defaults pass: 2 × 1.6 s + 1 s + 2 s + 0.5 s < 10 s.
+        config.validate().unwrap();
+        // Elections of up to 2 × 4 s do not fit between a renewal and the fence lead of a 10 s lease.
+        config.raft.election_timeout_min = Duration::from_secs(2);
+        config.raft.election_timeout_max = Duration::from_secs(4);
+        match config.validate() {
+            Err(Error::Config { key, message }) => {
+                assert_eq!(key, "raft.election_timeout_max");
+                assert!(message.contains("leader change"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
