@@ -32,7 +32,7 @@ use crate::query::{connect_config, timed_on};
 use crate::sync::{self, Durability, SyncRecordStore, SyncSteps};
 
 /// Keys of this node's own settings. They live in `node.conf` only.
-const OWNED_KEYS: [&str; 8] = [
+const OWNED_KEYS: [&str; 9] = [
     "port",
     "unix_socket_directories",
     "cluster_name",
@@ -41,6 +41,7 @@ const OWNED_KEYS: [&str; 8] = [
     "synchronous_standby_names",
     "wal_retrieve_retry_interval",
     "wal_receiver_timeout",
+    "wal_sender_timeout",
 ];
 
 /// Server-log lines that mean "this node's history is not a prefix of the upstream's".
@@ -150,7 +151,10 @@ pub struct PlainTimeouts {
     pub wal_retrieve_retry_interval: Duration,
     /// `wal_receiver_timeout` written to `node.conf`: a standby's WAL receiver gives up on an
     /// upstream it heard nothing from for this long (it pings at half of it), so a frozen or
-    /// cut-off primary shows as "not streaming" within this bound.
+    /// cut-off primary shows as "not streaming" within this bound. Also written as
+    /// `wal_sender_timeout`: a primary cut off from its standby by a silent partition (packets
+    /// dropped, no reset) otherwise shows it "streaming" for PostgreSQL's default 60 s, and
+    /// `preferred` durability could not relax in time.
     #[serde(with = "humantime_serde")]
     pub wal_receiver_timeout: Duration,
 }
@@ -500,6 +504,7 @@ impl PlainDriver {
         out += &format!("synchronous_standby_names = {}\n", quote(&settings.synchronous_standby_names));
         out += &format!("wal_retrieve_retry_interval = '{}ms'\n", c.timeouts.wal_retrieve_retry_interval.as_millis());
         out += &format!("wal_receiver_timeout = '{}ms'\n", c.timeouts.wal_receiver_timeout.as_millis());
+        out += &format!("wal_sender_timeout = '{}ms'\n", c.timeouts.wal_receiver_timeout.as_millis());
         self.write_owned(&c.data_dir.join("node.conf"), &out)
     }
 

@@ -98,7 +98,8 @@ impl PlainDriver {
         let client = self.connect().await?;
         // `setting` is in milliseconds for this parameter.
         let check = format!(
-            "SELECT setting::bigint = {} FROM pg_settings WHERE name = 'wal_receiver_timeout'",
+            "SELECT bool_and(setting::bigint = {}) FROM pg_settings \
+             WHERE name IN ('wal_receiver_timeout', 'wal_sender_timeout')",
             self.config.timeouts.wal_receiver_timeout.as_millis()
         );
         self.reload_and_wait(&client, &check, "node.conf reload").await

@@ -207,7 +207,17 @@ impl Network {
         run("ip", &["netns", "exec", ns, "iptables", "-w", "-A", "OUTPUT", "-o", &host.link, "-j", "DROP"])
     }
 
-    /// Undoes [`Network::isolate`].
+    /// Cuts the link between hosts `from` and `to` only (both directions); each keeps reaching
+    /// every other host. [`Network::heal`] of `from` undoes it.
+    pub fn cut(&self, from: &str, to: &str) -> anyhow::Result<()> {
+        let host = self.host(from);
+        let peer = self.host(to).addr.to_string();
+        let ns = host.netns.name();
+        run("ip", &["netns", "exec", ns, "iptables", "-w", "-A", "INPUT", "-s", &peer, "-j", "DROP"])?;
+        run("ip", &["netns", "exec", ns, "iptables", "-w", "-A", "OUTPUT", "-d", &peer, "-j", "DROP"])
+    }
+
+    /// Undoes [`Network::isolate`] and [`Network::cut`] from `name`.
     pub fn heal(&self, name: &str) -> anyhow::Result<()> {
         let ns = self.host(name).netns.name();
         run("ip", &["netns", "exec", ns, "iptables", "-w", "-F", "INPUT"])?;
