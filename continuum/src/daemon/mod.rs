@@ -26,6 +26,7 @@
 
 mod build;
 mod claim;
+mod deadline;
 pub mod decide;
 mod dns;
 mod dns_reconcile;
@@ -34,6 +35,7 @@ mod observe;
 mod pair;
 mod process;
 mod requests;
+mod resolve;
 mod shutdown;
 mod standby;
 mod status;
