@@ -4,7 +4,6 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use cnpg_pair::{PairDriver, PromoteRequest};
 use lease::{LeaseError, LeaseRecord};
 use uuid::Uuid;
 
@@ -94,10 +93,9 @@ impl PairCtl {
                 if !self.driver.is_running().await.unwrap_or(false) {
                     self.start_local().await?;
                 }
-                self.driver
-                    .promote(&PromoteRequest { epoch, handover_token: None })
-                    .await
-                    .map_err(|source| Error::Driver { what: "record the epoch", source })?;
+                // Records the epoch on the server; under `preferred` it stops waiting for the gone
+                // target first, as any promotion does.
+                self.promote_local(epoch).await?;
                 switchover::time_out(&mut sw, step, &detail);
                 switchover::give_up(&mut sw);
                 let current = self.read_record().await?;
@@ -115,8 +113,10 @@ impl PairCtl {
     /// the current step failed, so the old holder rolls back. Refused (409) once the lease is
     /// moving or the switchover finished; `None` when no such switchover is in flight here.
     pub(super) async fn abort(&self, id: Uuid, by: &str) -> Result<Option<SwitchoverRecord>, Error> {
+        // A leader change makes the store briefly unreachable: 503, the client tries again.
+        let unavailable = |e: Error| Error::Unavailable { reason: format!("{}; try again", crate::error_chain(&e)) };
         for _ in 0..ABORT_TRIES {
-            let current = self.read_record().await?;
+            let current = self.read_record().await.map_err(unavailable)?;
             let mut sw = match record::stored(&current) {
                 Ok(Some(sw)) if sw.id == id => sw,
                 Ok(_) => return Ok(None),
@@ -128,7 +128,7 @@ impl PairCtl {
                 Ok(_) => {}
                 // A daemon stored the record meanwhile: decide again on the new one.
                 Err(LeaseError::Refused { .. }) => continue,
-                Err(source) => return Err(Error::Lease { op: "store the abort", source }),
+                Err(source) => return Err(unavailable(Error::Lease { op: "store the abort", source })),
             }
             tracing::warn!(pair = %self.name(), %id, %step, by, "switchover aborted: the old holder rolls back");
             self.audit(
