@@ -137,7 +137,10 @@ async fn one_writable_primary(
 }
 
 async fn finished(c: &Cluster, via: &str, id: &str, bound: Duration) -> SwitchoverRecord {
-    c.wait_switchover_finished(via, id, bound).await
+    let record = c.wait_switchover_finished(via, id, bound).await;
+    let took = record.finished_at.and_then(|f| f.duration_since(record.requested_at).ok());
+    println!("switchover {id} {:?} after {took:?}: {:?}", record.state, record.error);
+    record
 }
 
 async fn no_acked_commit_lost(c: &Cluster, writer: WriterHandle, on: &str) {
