@@ -61,6 +61,10 @@ const KNOWN_PG_CONTROL_VERSION: u64 = 1300;
 
 /// Added to a `pg_ctl` wait for the command's hard deadline.
 const PG_CTL_GRACE: Duration = Duration::from_secs(2);
+/// Written into the data directory once `pg_basebackup` completed, removed once the copy
+/// streams: a rejoin that failed after the clone (a slow follow) resumes from the copy instead
+/// of cloning again. PostgreSQL ignores unknown files in its data directory.
+pub const CLONE_MARKER: &str = "continuum.clone-complete";
 
 /// One node in managed mode.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -702,14 +706,35 @@ impl PlainDriver {
             let _ = std::fs::remove_dir_all(data_dir);
             return Err(e);
         }
-        self.start_and_follow(upstream).await?;
+        // From here on the copy is kept: a failure to follow resumes from it.
+        self.write_owned(&self.clone_marker(), "")?;
+        self.start_and_follow(upstream).await
+    }
+
+    fn clone_marker(&self) -> PathBuf {
+        self.config.data_dir.join(CLONE_MARKER)
+    }
+
+    /// Whether the data directory is a complete clone that has not streamed yet.
+    fn fresh_clone(&self) -> bool {
+        self.clone_marker().exists() && self.config.data_dir.join("global/pg_control").exists()
+    }
+
+    /// The clone streams (or is given up as diverged): it is an ordinary data directory now,
+    /// and the original set aside before the clone is no longer needed.
+    fn forget_clone(&self) {
+        if !self.clone_marker().exists() {
+            return;
+        }
+        if let Err(e) = std::fs::remove_file(self.clone_marker()) {
+            tracing::warn!(node = %self.config.name, "could not remove the clone marker: {e}");
+        }
         let replaced = self.replaced_dir();
         if replaced.exists()
             && let Err(e) = std::fs::remove_dir_all(&replaced)
         {
             tracing::warn!(node = %self.config.name, "could not remove {}: {e}", replaced.display());
         }
-        Ok(())
     }
 
     async fn record_epoch(&self, client: &mut Client, epoch: u64) -> Result<Promotion> {
@@ -935,7 +960,8 @@ impl PairDriver for PlainDriver {
             return Ok(Rejoined { method: RejoinMethod::AlreadyFollowing, attempts: 0 });
         }
         let policy = &self.config.rejoin;
-        let mut method = if self.config.data_dir.join("global/pg_control").exists() {
+        let mut method = if self.fresh_clone() || self.config.data_dir.join("global/pg_control").exists() {
+            // A complete clone from an earlier attempt is followed, not cloned again.
             RejoinMethod::Follow
         } else {
             // No data directory (e.g. a crash in the middle of a re-clone): only a clone helps.
@@ -953,6 +979,7 @@ impl PairDriver for PlainDriver {
             };
             let error = match result {
                 Ok(()) => {
+                    self.forget_clone();
                     tracing::info!(node = %self.config.name, ?method, attempt, "rejoined as standby of {}", upstream.name);
                     return Ok(Rejoined { method, attempts: attempt });
                 }
@@ -968,7 +995,17 @@ impl PairDriver for PlainDriver {
             let cannot_work = matches!(&error, Error::Diverged { .. } | Error::Timeout { .. });
             let failed_again = previous_failure == Some(method);
             previous_failure = Some(method);
-            if !upstream_down && (cannot_work || failed_again) {
+            if matches!(error, Error::Diverged { .. }) {
+                // A copy the upstream's history left behind (it failed over meanwhile) is
+                // rewound or cloned again like any diverged data directory.
+                self.forget_clone();
+            }
+            if self.fresh_clone() {
+                // The clone completed; only following it failed (slow, or the upstream gone for
+                // a moment): go on following the copy rather than destroying it.
+                method = RejoinMethod::Follow;
+                previous_failure = None;
+            } else if !upstream_down && (cannot_work || failed_again) {
                 let next = match method {
                     RejoinMethod::Follow | RejoinMethod::AlreadyFollowing => RejoinMethod::Rewind,
                     RejoinMethod::Rewind | RejoinMethod::Reclone if policy.allow_reclone => RejoinMethod::Reclone,

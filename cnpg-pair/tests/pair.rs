@@ -385,3 +385,63 @@ async fn standby_without_a_data_directory_is_recloned_with_its_own_settings() ->
     assert_eq!(n, 1);
     Ok(())
 }
+
+/// Lets (or stops letting) `node` accept replication connections: `pg_basebackup` and WAL
+/// receivers need them, ordinary sessions do not.
+fn refuse_replication(node: &PgNode, refuse: bool) -> anyhow::Result<()> {
+    const REJECT: &str = "host replication all 0.0.0.0/0 reject\n";
+    let path = node.data_dir.join("pg_hba.conf");
+    let text = std::fs::read_to_string(&path)?;
+    let kept = text.strip_prefix(REJECT).unwrap_or(&text);
+    std::fs::write(&path, if refuse { format!("{REJECT}{kept}") } else { kept.to_string() })?;
+    node.reload()?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_follow_failing_after_a_clone_resumes_that_copy_instead_of_cloning_again() -> anyhow::Result<()> {
+    testkit::init_tracing();
+    let pair = PgPair::start().await?;
+    let b = PlainDriver::new(PlainNodeConfig {
+        timeouts: cnpg_pair::PlainTimeouts { follow: Duration::from_secs(2), ..Default::default() },
+        rejoin: RejoinPolicy {
+            max_attempts: 10,
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(1),
+            ..Default::default()
+        },
+        ..common::node_config(&pair.standby, &pair.primary)
+    })?;
+    pair.standby.stop(testkit::StopMode::Immediate)?;
+    std::fs::remove_dir_all(&pair.standby.data_dir)?;
+    let upstream = upstream(&pair.primary);
+    let rejoin = tokio::spawn(async move { b.rejoin_as_standby(&upstream).await });
+
+    // pg_basebackup writes the manifest last: the copy is complete. From now on the clone's
+    // WAL receiver is refused, so following it fails (times out) until replication is back.
+    let manifest = pair.standby.data_dir.join("backup_manifest");
+    let copied = wait_for("the clone's backup_manifest", WAIT, || {
+        let manifest = manifest.clone();
+        async move { Ok(std::fs::read(&manifest).ok()) }
+    })
+    .await?;
+    refuse_replication(&pair.primary, true)?;
+    let first = wait_for("the clone started", WAIT, || async { Ok(pair.standby.postmaster_pid()) }).await?;
+    // A second start of the same copy: the first follow failed and was retried on it.
+    wait_until("the copy restarted to follow again", WAIT, || async {
+        Ok(pair.standby.postmaster_pid().is_some_and(|pid| pid != first))
+    })
+    .await?;
+    refuse_replication(&pair.primary, false)?;
+
+    let rejoined = rejoin.await??;
+    assert!(rejoined.attempts >= 2, "the first follow must have failed: {rejoined:?}");
+    assert_eq!(rejoined.method, RejoinMethod::Follow, "resumed the copy: {rejoined:?}");
+    assert_eq!(std::fs::read(&manifest)?, copied, "the data directory is still the first copy");
+    assert!(!pair.standby.data_dir.join(cnpg_pair::plain::CLONE_MARKER).exists(), "the marker goes once it streams");
+    // remote_apply with b as the sync standby: the commit returns once b has applied it.
+    pair.primary.connect().await?.batch_execute("CREATE TABLE after_resume AS SELECT 1 AS x").await?;
+    let n: i64 = pair.standby.connect().await?.query_one("SELECT count(*) FROM after_resume", &[]).await?.get(0);
+    assert_eq!(n, 1);
+    Ok(())
+}

@@ -19,6 +19,7 @@ use crate::api::{
 use crate::config::{Config, Role};
 use crate::telemetry::LogFormat;
 
+mod abort;
 mod generate;
 mod watch;
 
@@ -83,12 +84,17 @@ pub enum Command {
         #[arg(long)]
         pair: Option<String>,
     },
-    /// Move the primary to another region and follow the steps.
+    /// Move the primary to another region and follow the steps; or, with --abort, stop one
+    /// before the lease moves (the old primary is unfenced and serves again).
     Switchover {
         #[command(flatten)]
         client: ClientArgs,
-        #[arg(long)]
-        to: String,
+        #[arg(long, required_unless_present = "abort")]
+        to: Option<String>,
+        /// Abort switchover ID instead (owner; refused once the lease is moving or it finished),
+        /// then follow its roll-back.
+        #[arg(long, value_name = "ID", conflicts_with_all = ["to", "reason", "pair", "yes"])]
+        abort: Option<Uuid>,
         /// Why (recorded in the audit trail).
         #[arg(long, default_value = "")]
         reason: String,
@@ -222,7 +228,12 @@ pub async fn execute(cli: Cli) -> Result<(), Error> {
             }
             Ok(())
         }
-        Command::Switchover { client, to, reason, pair, yes } => {
+        Command::Switchover { client, abort: Some(id), .. } => {
+            let api = ApiClient::new(&client)?;
+            abort::run(&api, id, client.json).await
+        }
+        Command::Switchover { client, to, reason, pair, yes, abort: None } => {
+            let to = to.ok_or_else(|| Error::Usage { message: "--to is required".into() })?;
             let api = ApiClient::new(&client)?;
             if !yes {
                 confirm(&api, &to, &pair).await?;

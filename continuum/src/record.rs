@@ -98,6 +98,16 @@ pub enum SwitchoverState {
 }
 
 impl SwitchoverState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::RolledBack => "rolled_back",
+            Self::Failed => "failed",
+        }
+    }
+
     pub fn is_finished(self) -> bool {
         matches!(self, Self::Succeeded | Self::RolledBack | Self::Failed)
     }
@@ -142,6 +152,18 @@ impl SwitchoverRecord {
     pub fn step_mut(&mut self, step: Step) -> &mut StepRecord {
         self.steps.iter_mut().find(|s| s.step == step).expect("a record holds every step")
     }
+
+    /// When the current step became current: the end of the last step done or skipped, else the
+    /// request. A step's deadline (`pairs[].step_timeout`) runs from here, on the replicated
+    /// record, so a restarted daemon (or the other region) sees the same clock.
+    pub fn current_since(&self) -> SystemTime {
+        self.steps
+            .iter()
+            .filter(|s| matches!(s.state, StepState::Done | StepState::Skipped))
+            .filter_map(StepRecord::ended)
+            .max()
+            .map_or(self.requested_at, |ended| ended.max(self.requested_at))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,6 +185,23 @@ pub struct StepRecord {
     pub started_at: Option<SystemTime>,
     pub duration_ms: Option<u64>,
     pub detail: Option<String>,
+    /// How many times the step was begun (retries after the lease moved count too).
+    #[serde(default)]
+    pub attempts: u32,
+    /// When it was done or skipped.
+    #[serde(default, with = "humantime_serde")]
+    pub ended_at: Option<SystemTime>,
+}
+
+impl StepRecord {
+    /// When it ended: `ended_at`, or for records written before that field, the last attempt's
+    /// start plus its duration.
+    pub fn ended(&self) -> Option<SystemTime> {
+        self.ended_at.or_else(|| {
+            let started = self.started_at?;
+            Some(started + std::time::Duration::from_millis(self.duration_ms.unwrap_or(0)))
+        })
+    }
 }
 
 /// The switchover record stored with a lease record. `Ok(None)`: none stored. An error means a
@@ -199,6 +238,23 @@ mod tests {
         let p = WalPosition { system_id: 7, timeline: 2, lsn: "0/3000148".parse().unwrap() };
         assert_eq!(decode_position(&encode_position(&p)), Some(p));
         assert_eq!(decode_position("garbage"), None);
+    }
+
+    #[test]
+    fn the_current_step_runs_from_the_end_of_the_last_one_done() {
+        let at = |s: u64| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s);
+        let mut sw = crate::switchover::new_record("app", "a", "b", "", "olivia", 7);
+        sw.requested_at = at(100);
+        assert_eq!(sw.current_since(), at(100));
+        let intent = sw.step_mut(Step::Intent);
+        (intent.state, intent.started_at, intent.duration_ms) = (StepState::Done, Some(at(101)), Some(2000));
+        assert_eq!(sw.current_since(), at(103), "an old record without ended_at: start + duration");
+        let drain = sw.step_mut(Step::Drain);
+        (drain.state, drain.ended_at) = (StepState::Skipped, Some(at(110)));
+        // A failed step is current; its failure does not restart the clock.
+        let fence = sw.step_mut(Step::Fence);
+        (fence.state, fence.ended_at) = (StepState::Failed, Some(at(120)));
+        assert_eq!(sw.current_since(), at(110));
     }
 
     #[test]

@@ -63,6 +63,8 @@ pub fn new_record(pair: &str, from: &str, to: &str, reason: &str, requested_by: 
                 started_at: None,
                 duration_ms: None,
                 detail: None,
+                attempts: 0,
+                ended_at: None,
             })
             .collect(),
         write_gap_ms: None,
@@ -140,6 +142,7 @@ pub fn begin(record: &mut SwitchoverRecord, step: Step) -> Result<(), Error> {
     let entry = step_mut(record, step);
     entry.state = StepState::Running;
     entry.started_at = Some(SystemTime::now());
+    entry.attempts += 1;
     entry.detail = None;
     Ok(())
 }
@@ -149,10 +152,14 @@ pub fn finish(record: &mut SwitchoverRecord, step: Step, outcome: StepOutcome, t
     let entry = step_mut(record, step);
     entry.duration_ms = Some(took_ms);
     match outcome {
-        StepOutcome::Done => entry.state = StepState::Done,
+        StepOutcome::Done => {
+            entry.state = StepState::Done;
+            entry.ended_at = Some(SystemTime::now());
+        }
         StepOutcome::Skipped(reason) => {
             entry.state = StepState::Skipped;
             entry.detail = Some(reason);
+            entry.ended_at = Some(SystemTime::now());
         }
         StepOutcome::Failed(error) => {
             entry.state = StepState::Failed;
@@ -188,6 +195,52 @@ pub fn rolled_back(record: &mut SwitchoverRecord) {
     record.finished_at = Some(SystemTime::now());
 }
 
+/// An operator's abort (`POST /v1/switchovers/{id}/abort`): the current step is marked failed,
+/// so the old holder rolls back as after any failure before the lease moved. Refused once the
+/// lease is moving (`move_lease` or later: rolling back could leave no one holding it, or undo
+/// a promotion) and once the switchover finished. Returns the step it failed.
+pub fn abort(record: &mut SwitchoverRecord, by: &str) -> Result<Step, Error> {
+    if record.state.is_finished() {
+        return Err(Error::Conflict {
+            reason: format!("switchover {} already finished ({})", record.id, record.state.as_str()),
+        });
+    }
+    let Some(step) = record.current_step().map(|s| s.step) else {
+        return Err(Error::Conflict { reason: format!("switchover {} has no step left", record.id) });
+    };
+    if !step.rolls_back() {
+        return Err(Error::Conflict {
+            reason: format!(
+                "switchover {} is at {step}: the lease is moving or moved, rolling back is no longer safe",
+                record.id
+            ),
+        });
+    }
+    let detail = format!("aborted by {by}");
+    let entry = step_mut(record, step);
+    entry.state = StepState::Failed;
+    entry.detail = Some(detail.clone());
+    record.error = Some(format!("{step}: {detail}"));
+    Ok(step)
+}
+
+/// The current step ran past its deadline: records why (`step_timeout:<step>: ...`) on the step
+/// and the record. The caller then rolls back, completes, or finishes the record as failed.
+pub fn time_out(record: &mut SwitchoverRecord, step: Step, detail: &str) {
+    let entry = step_mut(record, step);
+    if !matches!(entry.state, StepState::Done | StepState::Skipped) {
+        entry.state = StepState::Failed;
+        entry.detail = Some(detail.to_string());
+    }
+    record.error = Some(format!("step_timeout:{step}: {detail}"));
+}
+
+/// Finishes a switchover that can neither complete nor roll back; `error` already says why.
+pub fn give_up(record: &mut SwitchoverRecord) {
+    record.state = SwitchoverState::Failed;
+    record.finished_at = Some(SystemTime::now());
+}
+
 /// Runs one step with everything around it that every step needs: failpoints on both edges,
 /// the step-duration metric and an audit record.
 pub struct StepRunner {
@@ -210,6 +263,7 @@ impl StepRunner {
         Fut: Future<Output = O>,
         O: Into<Acted>,
     {
+        let retry = record.step(step).is_some_and(|s| s.state == StepState::Failed);
         begin(record, step)?;
         failpoint::hit(Failpoint::Before(step));
         let started = Instant::now();
@@ -240,6 +294,12 @@ impl StepRunner {
         {
             record.epoch_after = Some(epoch);
         }
+        // The audit trail gets state changes: a step done, skipped or failing for the first time;
+        // a retry that fails again only updates the record (attempts, detail) and the metric.
+        if retry && label == "failed" {
+            return Ok(outcome);
+        }
+        let attempts = record.step(step).map_or(1, |s| s.attempts);
         let mut entry = AuditEntry::new(
             "switchover.step",
             serde_json::json!({
@@ -247,6 +307,7 @@ impl StepRunner {
                 "step": step,
                 "outcome": label,
                 "duration_ms": took.as_millis() as u64,
+                "attempts": attempts,
                 "detail": record.steps.iter().find(|s| s.step == step).and_then(|s| s.detail.clone()),
             }),
         );
@@ -262,212 +323,5 @@ impl StepRunner {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Drives a record to the end, each step performed by whichever region `next_for` names.
-    fn drive(record: &mut SwitchoverRecord, fail_at: Option<Step>) {
-        for _ in 0..50 {
-            let (a, b) = (next_for(record, "a"), next_for(record, "b"));
-            match (a, b) {
-                (Next::Finished, Next::Finished) => return,
-                (Next::RollBack, Next::Wait) => rolled_back(record),
-                (Next::Perform(step), Next::Wait) | (Next::Wait, Next::Perform(step)) => {
-                    begin(record, step).unwrap();
-                    let outcome =
-                        if fail_at == Some(step) { StepOutcome::Failed("boom".into()) } else { StepOutcome::Done };
-                    finish(record, step, outcome, 1);
-                }
-                other => panic!("both or neither region acting: {other:?}"),
-            }
-        }
-        panic!("switchover did not finish");
-    }
-
-    #[test]
-    fn each_step_is_performed_by_one_region_in_order() {
-        let mut record = new_record("app", "a", "b", "drill", "olivia", 7);
-        assert_eq!(next_for(&record, "a"), Next::Perform(Step::Intent));
-        assert_eq!(next_for(&record, "b"), Next::Wait);
-        drive(&mut record, None);
-        assert_eq!(record.state, SwitchoverState::Succeeded);
-        // Only the target's real grant sets it (see the step runner test).
-        assert_eq!(record.epoch_after, None);
-        assert!(record.steps.iter().all(|s| s.state == StepState::Done));
-    }
-
-    #[test]
-    fn failure_before_the_lease_moves_rolls_back() {
-        for step in [Step::Drain, Step::Fence, Step::CatchUp] {
-            let mut record = new_record("app", "a", "b", "", "olivia", 7);
-            drive(&mut record, Some(step));
-            assert_eq!(record.state, SwitchoverState::RolledBack, "{step}");
-            assert_eq!(record.epoch_after, None, "{step}: the lease must not have moved");
-            assert!(record.error.as_deref().unwrap().starts_with(step.as_str()));
-        }
-    }
-
-    #[test]
-    fn failure_after_the_lease_moves_is_retried_forward() {
-        let mut record = new_record("app", "a", "b", "", "olivia", 7);
-        for step in [Step::Intent, Step::Drain, Step::Fence, Step::CatchUp, Step::MoveLease] {
-            begin(&mut record, step).unwrap();
-            finish(&mut record, step, StepOutcome::Done, 1);
-        }
-        begin(&mut record, Step::Promote).unwrap();
-        finish(&mut record, Step::Promote, StepOutcome::Failed("timeout".into()), 1);
-        assert_eq!(next_for(&record, "b"), Next::Perform(Step::Promote));
-        assert_eq!(next_for(&record, "a"), Next::Wait);
-        drive(&mut record, None);
-        assert_eq!((record.state, record.error.as_deref()), (SwitchoverState::Succeeded, None));
-    }
-
-    #[test]
-    fn a_crash_mid_step_resumes_that_step_and_stale_copies_cannot_skip_ahead() {
-        let mut record = new_record("app", "a", "b", "", "olivia", 7);
-        begin(&mut record, Step::Intent).unwrap();
-        // The performer died while running: the step is offered again to the same region.
-        assert_eq!(next_for(&record, "a"), Next::Perform(Step::Intent));
-        assert!(matches!(begin(&mut record, Step::Fence), Err(Error::Conflict { .. })));
-    }
-
-    #[tokio::test]
-    async fn step_runner_records_metrics_and_audit() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("audit.log");
-        let metrics = Metrics::new();
-        let (audit, tasks) = Audit::open(&crate::config::AuditConfig::local(&log), "a", metrics.clone()).unwrap();
-        let runner = StepRunner { metrics: metrics.clone(), audit };
-        let mut record = new_record("app", "a", "b", "", "olivia", 7);
-        runner.run(&mut record, Step::Intent, || async { StepOutcome::Done }).await.unwrap();
-        let skipped = StepOutcome::Skipped("no HTTPRoute configured".into());
-        runner.run(&mut record, Step::Drain, || async { skipped }).await.unwrap();
-        runner.run(&mut record, Step::Fence, || async { StepOutcome::Done }).await.unwrap();
-        // Out of order: refused before the action runs.
-        let refused = runner
-            .run(&mut record, Step::Promote, || async {
-                panic!("must not run");
-                #[allow(unreachable_code)]
-                StepOutcome::Done
-            })
-            .await;
-        assert!(matches!(refused, Err(Error::Conflict { .. })));
-        drop(runner);
-        tasks.shutdown().await;
-
-        let steps: Vec<(String, String)> = std::fs::read_to_string(&log)
-            .unwrap()
-            .lines()
-            .map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                (
-                    v["detail"]["step"].as_str().unwrap().to_string(),
-                    v["detail"]["outcome"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect();
-        let expected = [("intent", "done"), ("drain", "skipped"), ("fence", "done")];
-        assert_eq!(steps, expected.map(|(a, b)| (a.to_string(), b.to_string())));
-        let text = metrics.encode().unwrap();
-        assert!(
-            text.contains("continuum_switchover_step_duration_seconds_count{step=\"drain\",outcome=\"skipped\"} 1")
-        );
-    }
-
-    #[tokio::test]
-    async fn the_targets_real_epoch_becomes_epoch_after_and_tags_its_audit_lines() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("audit.log");
-        let metrics = Metrics::new();
-        let (audit, tasks) = Audit::open(&crate::config::AuditConfig::local(&log), "a", metrics.clone()).unwrap();
-        let runner = StepRunner { metrics, audit };
-        let mut record = new_record("app", "a", "b", "", "olivia", 7);
-        for step in [Step::Intent, Step::Drain, Step::Fence, Step::CatchUp] {
-            runner.run(&mut record, step, || async { StepOutcome::Done }).await.unwrap();
-        }
-        let released = Acted { epoch: Some(7), ..StepOutcome::Done.into() };
-        runner.run(&mut record, Step::MoveLease, || async { released }).await.unwrap();
-        assert_eq!(record.epoch_after, None, "released, not granted yet");
-        // Epochs are raft log indexes: the grant is whatever index it got, not 7 + 1.
-        let promoted = Acted { epoch: Some(23), ..StepOutcome::Done.into() };
-        runner.run(&mut record, Step::Promote, || async { promoted }).await.unwrap();
-        assert_eq!(record.epoch_after, Some(23));
-        drop(runner);
-        tasks.shutdown().await;
-        let epochs: Vec<(String, u64)> = std::fs::read_to_string(&log)
-            .unwrap()
-            .lines()
-            .map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                (v["detail"]["step"].as_str().unwrap().to_string(), v["epoch"].as_u64().unwrap())
-            })
-            .collect();
-        assert_eq!(epochs[4], ("move_lease".to_string(), 7));
-        assert_eq!(epochs[5], ("promote".to_string(), 23));
-    }
-
-    #[test]
-    fn an_unsafe_failure_after_the_move_fails_the_switchover_instead_of_retrying() {
-        let mut record = new_record("app", "a", "b", "", "olivia", 7);
-        for step in [Step::Intent, Step::Drain, Step::Fence, Step::CatchUp, Step::MoveLease] {
-            begin(&mut record, step).unwrap();
-            finish(&mut record, step, StepOutcome::Done, 1);
-        }
-        begin(&mut record, Step::Promote).unwrap();
-        finish(&mut record, Step::Promote, StepOutcome::Unsafe("epoch went backwards".into()), 1);
-        assert_eq!(record.state, SwitchoverState::Failed);
-        assert_eq!(next_for(&record, "b"), Next::Finished);
-        // Before the move, unsafe rolls back like any failure.
-        let mut record = new_record("app", "a", "b", "", "olivia", 7);
-        for step in [Step::Intent, Step::Drain] {
-            begin(&mut record, step).unwrap();
-            finish(&mut record, step, StepOutcome::Done, 1);
-        }
-        begin(&mut record, Step::Fence).unwrap();
-        finish(&mut record, Step::Fence, StepOutcome::Unsafe("timeline".into()), 1);
-        assert_eq!(next_for(&record, "a"), Next::RollBack);
-    }
-
-    /// Set in the child process of the failpoint test: where its audit log goes.
-    const CHILD_LOG_ENV: &str = "CONTINUUM_TEST_FAILPOINT_CHILD_LOG";
-
-    #[tokio::test]
-    async fn armed_failpoint_kills_the_process_between_a_step_and_its_audit_record() {
-        if let Some(log) = std::env::var_os(CHILD_LOG_ENV) {
-            // Child: arm from the environment and walk the steps until the process dies.
-            failpoint::arm(&[]).unwrap();
-            let metrics = Metrics::new();
-            let (audit, _tasks) = Audit::open(&crate::config::AuditConfig::local(log), "a", metrics.clone()).unwrap();
-            let runner = StepRunner { metrics, audit };
-            let mut record = new_record("app", "a", "b", "", "olivia", 7);
-            for step in Step::ALL {
-                runner.run(&mut record, step, || async { StepOutcome::Done }).await.unwrap();
-            }
-            unreachable!("the failpoint should have ended the process");
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("audit.log");
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "switchover::tests::armed_failpoint_kills_the_process_between_a_step_and_its_audit_record",
-            ])
-            .args(["--nocapture", "--test-threads=1"])
-            .env(CHILD_LOG_ENV, &log)
-            .env(failpoint::ENV, "after_fence")
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(failpoint::EXIT_CODE), "{stderr}");
-        assert!(stderr.contains("failpoint after_fence hit"), "{stderr}");
-        // The intent and the drain were recorded; the fence ran but died before its record was written.
-        let kinds: Vec<String> = std::fs::read_to_string(&log)
-            .unwrap()
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["detail"]["step"].as_str().unwrap().to_string()
-            })
-            .collect();
-        assert_eq!(kinds, ["intent", "drain"]);
-    }
-}
+#[path = "switchover_tests.rs"]
+mod tests;

@@ -298,3 +298,41 @@ async fn health_readiness_and_metrics_need_no_token() {
     let response = http.delete(format!("{}/v1/switchover", server.url)).bearer_auth(OWNER).send().await.unwrap();
     assert_eq!(response.status(), 405);
 }
+
+#[tokio::test]
+async fn abort_needs_the_owner_and_says_unknown_finished_or_malformed() {
+    let orchestrator = MemoryOrchestrator::new();
+    let server = ApiServer::start(orchestrator.clone()).await;
+    let http = client();
+    let abort =
+        |id: &str, token: &str| http.post(format!("{}/v1/switchovers/{id}/abort", server.url)).bearer_auth(token);
+    let unknown = uuid::Uuid::new_v4().to_string();
+    for token in [VIEWER, OPERATOR] {
+        let (status, body) = error_of(abort(&unknown, token).send().await.unwrap()).await;
+        assert_eq!((status, body.error.code.as_str()), (403, "forbidden"), "{token}");
+    }
+    let (status, _) =
+        error_of(http.post(format!("{}/v1/switchovers/{unknown}/abort", server.url)).send().await.unwrap()).await;
+    assert_eq!(status, 401);
+    assert_eq!(orchestrator.calls(), Vec::<String>::new(), "a rejected abort reached the orchestrator");
+
+    let (status, body) = error_of(abort("not-a-uuid", OWNER).send().await.unwrap()).await;
+    assert_eq!((status, body.error.code.as_str()), (400, "bad_request"));
+    let (status, body) = error_of(abort(&unknown, OWNER).send().await.unwrap()).await;
+    assert_eq!((status, body.error.code.as_str()), (404, "not_found"));
+    // The fake finishes every switchover at once: aborting one afterwards is a conflict.
+    let accepted: SwitchoverAccepted = http
+        .post(format!("{}/v1/switchover", server.url))
+        .bearer_auth(OWNER)
+        .json(&json!({"to": "b", "reason": "drill"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (status, body) = error_of(abort(&accepted.id.to_string(), OWNER).send().await.unwrap()).await;
+    assert_eq!((status, body.error.code.as_str()), (409, "conflict"));
+    assert!(body.error.message.contains("already finished (succeeded)"), "{}", body.error.message);
+    assert_eq!(orchestrator.calls().last().unwrap(), &format!("abort:{}:olivia", accepted.id));
+}

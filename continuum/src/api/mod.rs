@@ -6,7 +6,7 @@
 //! | `GET /healthz`, `GET /readyz`, `GET /metrics` | none |
 //! | `GET /v1/status`, `GET /v1/switchovers[/{id}]`, `GET /v1/events` | viewer |
 //! | `POST /v1/plan` | operator |
-//! | `POST /v1/switchover` | owner |
+//! | `POST /v1/switchover`, `POST /v1/switchovers/{id}/abort` | owner |
 //!
 //! Errors use real status codes and one body shape, [`ErrorBody`]. Authentication runs before the
 //! body is read, so a rejected request never reaches the orchestrator.
@@ -52,6 +52,10 @@ pub trait Orchestrator: Send + Sync + 'static {
     /// Past and in-flight switchovers, newest first.
     async fn history(&self) -> Result<Vec<SwitchoverRecord>, Error>;
     async fn switchover(&self, id: Uuid) -> Result<SwitchoverRecord, Error>;
+    /// Aborts switchover `id` before the lease moves (the old holder rolls back): the record as
+    /// stored by the abort. [`Error::NotFound`] for an unknown id, [`Error::Conflict`] once the
+    /// lease is moving or the switchover finished.
+    async fn abort_switchover(&self, id: Uuid, caller: &Caller) -> Result<SwitchoverRecord, Error>;
     /// State changes and step progress from now on.
     fn subscribe(&self) -> broadcast::Receiver<Event>;
 }
@@ -173,6 +177,7 @@ pub fn router(state: ApiState) -> Router {
         Router::new().route("/v1/plan", post(plan)).route_layer(from_fn_with_state(gate(Role::Operator), require_role));
     let owner = Router::new()
         .route("/v1/switchover", post(start_switchover))
+        .route("/v1/switchovers/{id}/abort", post(abort_switchover))
         .route_layer(from_fn_with_state(gate(Role::Owner), require_role));
     Router::new()
         .route("/", get(|| async { console_asset("text/html; charset=utf-8", CONSOLE_HTML) }))
@@ -324,6 +329,17 @@ async fn start_switchover(
     tracing::info!(%id, caller = %caller.name, to = %request.to, "switchover accepted");
     let location = HeaderValue::from_str(&format!("/v1/switchovers/{id}")).expect("a uuid path is a valid header");
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(SwitchoverAccepted { id })).into_response())
+}
+
+async fn abort_switchover(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<SwitchoverRecord>, ApiError> {
+    let id = Uuid::parse_str(&id).map_err(|e| ApiError::bad_request(format!("switchover id {id:?}: {e}")))?;
+    let record = state.orchestrator.abort_switchover(id, &caller).await.map_err(|e| state.reject(e))?;
+    tracing::warn!(%id, caller = %caller.name, "switchover aborted");
+    Ok(Json(record))
 }
 
 async fn history(State(state): State<ApiState>) -> Result<Json<Vec<SwitchoverRecord>>, ApiError> {

@@ -203,6 +203,17 @@ pub struct PairConfig {
     /// (its `rejoin`) before it completes the record without them.
     #[serde(with = "humantime_serde", default = "defaults::switchover_rejoin_timeout")]
     pub switchover_rejoin_timeout: Duration,
+    /// How long one switchover step may stay current (from the end of the step before, on the
+    /// replicated record) before the switchover rolls back (lease not moved) or the surviving
+    /// region completes it or fails it (moved). Unset: see [`PairConfig::effective_step_timeout`].
+    #[serde(with = "humantime_serde", default, skip_serializing_if = "Option::is_none")]
+    pub step_timeout: Option<Duration>,
+    /// First pause before a failed step (after the lease moved) is tried again; doubles per
+    /// failure up to `step_retry_max`.
+    #[serde(with = "humantime_serde", default = "defaults::step_retry_initial")]
+    pub step_retry_initial: Duration,
+    #[serde(with = "humantime_serde", default = "defaults::step_retry_max")]
+    pub step_retry_max: Duration,
     /// How long the lease holder's own server may stay unreachable (crashed and not restartable,
     /// or alive but not answering) before the holder stops it for good and lets its lease run out,
     /// so that the standby's region takes over. Crash recovery longer than this fails over.
@@ -287,6 +298,13 @@ impl PairConfig {
 }
 
 impl PairConfig {
+    /// The step deadline: `step_timeout` if set, else `catch_up_timeout` plus three lease
+    /// durations (the longest step another region waits for is the target's catch-up; the
+    /// lease durations cover a restart of its daemon and the record's round trips).
+    pub fn effective_step_timeout(&self, lease: &LeaseConfig) -> Duration {
+        self.step_timeout.unwrap_or(self.catch_up_timeout + lease.duration * 3)
+    }
+
     /// The sync-fenced suspect window: `suspect_window` if set, else two renew intervals (one
     /// missed renewal is routine jitter, two are not).
     pub fn effective_suspect_window(&self, lease: &LeaseConfig) -> Duration {
@@ -490,6 +508,13 @@ mod defaults {
     }
     pub fn switchover_rejoin_timeout() -> Duration {
         Duration::from_secs(60)
+    }
+    pub fn step_retry_initial() -> Duration {
+        Duration::from_millis(100)
+    }
+    /// A raft write and a record update per try: every 5 s at most while a dependency is down.
+    pub fn step_retry_max() -> Duration {
+        Duration::from_secs(5)
     }
     pub fn pg_bin_dir() -> PathBuf {
         PathBuf::from("/usr/lib/postgresql/15/bin")

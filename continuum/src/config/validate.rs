@@ -245,7 +245,19 @@ fn validate_pair(i: usize, pair: &PairConfig, lease: &LeaseConfig, region: &str)
             "must be at least 1s: a crashed server needs a moment to restart before the region gives up",
         ));
     }
+    if pair.effective_step_timeout(lease) < lease.duration * 2 {
+        // A region counts as gone after a lease of silence; a shorter deadline would act on a
+        // live region's routine pause.
+        return Err(invalid(
+            key("step_timeout"),
+            format!("must be at least twice lease.duration ({})", humantime::format_duration(lease.duration * 2)),
+        ));
+    }
+    if pair.step_retry_max < pair.step_retry_initial {
+        return Err(invalid(key("step_retry_max"), "must be at least step_retry_initial"));
+    }
     let positive = [
+        ("step_retry_initial", pair.step_retry_initial),
         ("shutdown_timeout", pair.shutdown_timeout),
         ("catch_up_timeout", pair.catch_up_timeout),
         ("sync_wait_timeout", pair.sync_wait_timeout),
@@ -424,5 +436,21 @@ mod tests {
         let mut config = region_a(None).unwrap();
         config.pdm.as_mut().unwrap().commit_attempts = 0;
         assert!(matches!(config.validate(), Err(Error::Config { key, .. }) if key == "pdm.commit_attempts"));
+    }
+
+    #[test]
+    fn step_deadline_and_retry_pauses_are_checked() {
+        let mut config = region_a(None).unwrap();
+        let lease = config.lease.duration;
+        assert_eq!(config.pairs[0].effective_step_timeout(&config.lease), config.pairs[0].catch_up_timeout + lease * 3);
+        config.pairs[0].step_timeout = Some(lease);
+        assert!(matches!(config.validate(), Err(Error::Config { key, .. }) if key == "pairs[0].step_timeout"));
+        config.pairs[0].step_timeout = Some(lease * 2);
+        config.validate().unwrap();
+        config.pairs[0].step_retry_max = config.pairs[0].step_retry_initial / 2;
+        assert!(matches!(config.validate(), Err(Error::Config { key, .. }) if key == "pairs[0].step_retry_max"));
+        config.pairs[0].step_retry_initial = Duration::ZERO;
+        config.pairs[0].step_retry_max = Duration::from_secs(1);
+        assert!(matches!(config.validate(), Err(Error::Config { key, .. }) if key == "pairs[0].step_retry_initial"));
     }
 }

@@ -9,6 +9,7 @@ use cnpg_pair::{Eligibility, EligibilityPolicy, Observed, PairSnapshot, SyncStat
 use lease::LeaseRecord;
 use uuid::Uuid;
 
+pub use super::deadline::Resolve;
 use crate::config::{Durability, Takeover};
 use crate::record::{Step, StepState, SwitchoverRecord};
 use crate::switchover::{self, Next};
@@ -55,6 +56,8 @@ pub struct Timers {
     pub since_last_failover: Option<Duration>,
     /// As a switchover's new holder: the step of the old region waited for, and for how long.
     pub waiting_on_old: Option<(Uuid, Step, Duration)>,
+    /// A switchover step of this region that failed: how long until it may be tried again.
+    pub retry_in: Option<(Uuid, Step, Duration)>,
     /// The epoch whose lease this region gave up (its server stayed down).
     pub gave_up_epoch: Option<u64>,
     /// Whether this daemon holds a lease handle (renewing).
@@ -72,6 +75,8 @@ pub struct Limits {
     pub failover_debounce: Duration,
     pub primary_down_timeout: Duration,
     pub switchover_rejoin_timeout: Duration,
+    /// How long a switchover step may stay current (`pairs[].step_timeout`).
+    pub step_timeout: Duration,
     pub eligibility: EligibilityPolicy,
     pub takeover: Takeover,
     /// `sync-fenced`: the holder's silence that makes it a suspect.
@@ -181,6 +186,14 @@ pub enum SwitchoverMove {
     },
     /// Perform this step (first attempt, or a roll-forward retry).
     Perform(Step),
+    /// This region's step failed and its next try is not due yet (capped exponential backoff).
+    Backoff(Step),
+    /// The current step has been current past `step_timeout`: resolve it as named.
+    Deadline {
+        step: Step,
+        waited: Duration,
+        resolve: Resolve,
+    },
     /// A step before the lease moved failed: undo this region's steps.
     RollBack,
     /// The other region has the next move.
@@ -322,10 +335,18 @@ fn switchover_move(obs: &Observation, timers: &Timers, local: &Observed, sw: &Sw
         let check = matches!(local, Observed::Standby(_)).then(|| failover_check(obs, timers, local));
         return SwitchoverMove::Supersede { id: sw.id, check };
     }
+    if let Some(deadline) = super::deadline::past_deadline(obs, timers, sw) {
+        return deadline;
+    }
     match switchover::next_for(sw, &obs.region) {
         Next::Finished => SwitchoverMove::Finished,
         Next::RollBack => SwitchoverMove::RollBack,
-        Next::Perform(step) => SwitchoverMove::Perform(step),
+        Next::Perform(step) => match timers.retry_in {
+            Some((id, failed, left)) if id == sw.id && failed == step && !left.is_zero() => {
+                SwitchoverMove::Backoff(step)
+            }
+            _ => SwitchoverMove::Perform(step),
+        },
         Next::Wait => wait_on_old(obs, timers, sw),
     }
 }
@@ -343,7 +364,8 @@ fn old_holder_gone(obs: &Observation, timers: &Timers, sw: &SwitchoverRecord) ->
 }
 
 /// As the switchover's new lease holder, waiting for the old region's step (its `rejoin`, or
-/// recording its `move_lease`): past `switchover_rejoin_timeout` the old region counts as gone.
+/// recording its `move_lease`): past `switchover_rejoin_timeout` (the rejoin) or `step_timeout`
+/// (anything else) the old region counts as gone.
 fn wait_on_old(obs: &Observation, timers: &Timers, sw: &SwitchoverRecord) -> SwitchoverMove {
     let Some(current) = sw.current_step() else { return SwitchoverMove::Wait };
     let me = obs.region.as_str();
@@ -358,7 +380,11 @@ fn wait_on_old(obs: &Observation, timers: &Timers, sw: &SwitchoverRecord) -> Swi
         Some((id, step, waited)) if id == sw.id && step == current.step => waited,
         _ => Duration::ZERO,
     };
-    SwitchoverMove::WaitOnOld { step: current.step, timed_out: waited >= timers.limits.switchover_rejoin_timeout }
+    let limit = match current.step {
+        Step::Rejoin => timers.limits.switchover_rejoin_timeout,
+        _ => timers.limits.step_timeout,
+    };
+    SwitchoverMove::WaitOnOld { step: current.step, timed_out: waited >= limit }
 }
 
 #[cfg(test)]

@@ -106,6 +106,7 @@ fn timers() -> Timers {
         standby_missing_for: Duration::ZERO,
         since_last_failover: None,
         waiting_on_old: None,
+        retry_in: None,
         gave_up_epoch: None,
         have_handle: true,
         limits: Limits {
@@ -115,6 +116,7 @@ fn timers() -> Timers {
             failover_debounce: Duration::from_secs(60),
             primary_down_timeout: Duration::from_secs(15),
             switchover_rejoin_timeout: Duration::from_secs(60),
+            step_timeout: Duration::from_secs(90),
             eligibility: EligibilityPolicy::default(),
             takeover: Takeover::LeaseExpiry,
             suspect_window: Duration::from_millis(600),
@@ -603,3 +605,6 @@ fn a_finished_switchover_leaves_the_roles_to_act() {
     crate::switchover::rolled_back(&mut done);
     assert_eq!(decide(&with_switchover(healthy_holder(), &done), &timers()), hold(Duty::Sync(SyncChange::Keep)));
 }
+
+#[path = "decide_deadline_tests.rs"]
+mod deadline;

@@ -16,6 +16,9 @@
 //!    back);
 //! 5. [`dns`]: the `dns` step commits the pair's record through PDM with the new epoch.
 //!
+//! A switchover that does not move on ends at its step deadline ([`deadline`], pure; carried out
+//! by [`resolve`], which also takes an operator's abort and backs off failed steps' retries).
+//!
 //! Outside switchovers: [`holder`] (renew through the lease handle, fence before the deadline,
 //! keep the peer synchronous, give up a dead server's lease) and [`standby`] (stay a standby of
 //! the holder, fail over when the holder's lease ran out). [`status`] projects what the loop saw
@@ -26,6 +29,7 @@
 
 mod build;
 mod claim;
+mod deadline;
 pub mod decide;
 mod dns;
 mod dns_reconcile;
@@ -34,6 +38,7 @@ mod observe;
 mod pair;
 mod process;
 mod requests;
+mod resolve;
 mod shutdown;
 mod standby;
 mod status;

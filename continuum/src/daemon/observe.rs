@@ -146,6 +146,7 @@ impl PairCtl {
             standby_missing_for: since(seen.standby_missing_since),
             since_last_failover: seen.last_failover.map(|at| at.elapsed()),
             waiting_on_old: seen.waiting_on_old.map(|(id, step, at)| (id, step, at.elapsed())),
+            retry_in: seen.retry.as_ref().map(|r| (r.id, r.step, r.due.saturating_duration_since(Instant::now()))),
             gave_up_epoch: seen.gave_up_epoch,
             have_handle,
             limits: Limits {
@@ -155,6 +156,7 @@ impl PairCtl {
                 failover_debounce: self.cfg.failover_debounce,
                 primary_down_timeout: self.cfg.primary_down_timeout,
                 switchover_rejoin_timeout: self.cfg.switchover_rejoin_timeout,
+                step_timeout: self.step_timeout,
                 eligibility: self.policy(),
                 takeover: self.cfg.takeover,
                 suspect_window: self.suspect_window,

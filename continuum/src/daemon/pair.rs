@@ -22,7 +22,8 @@ use crate::record::{Step, SwitchoverRecord};
 use crate::switchover::StepRunner;
 use crate::{Error, error_chain};
 
-/// Loop pause while a switchover is in flight: the other region may have moved on.
+/// Loop pause while a switchover is in flight: the other region may have moved on. A failed
+/// step is not retried at this pace: its retry waits for its backoff ([`StepRetry`]).
 const SWITCHOVER_TICK: Duration = Duration::from_millis(25);
 
 /// What the control loop remembers between rounds; read by the API.
@@ -51,8 +52,19 @@ pub(super) struct Seen {
     /// As a switchover's new lease holder: since when the record waits for the old region's
     /// step (switchover id, step).
     pub waiting_on_old: Option<(Uuid, Step, Instant)>,
+    /// A switchover step of this region that failed, and when it may be tried again.
+    pub retry: Option<StepRetry>,
     /// An unsafe error stopped the loop: it observes, and acts on nothing until a restart.
     pub halted: Option<String>,
+}
+
+/// A failed switchover step's retry schedule (capped exponential backoff, kept in memory: a
+/// restarted daemon tries at once, then backs off again).
+pub(super) struct StepRetry {
+    pub id: Uuid,
+    pub step: Step,
+    pub backoff: crate::backoff::Backoff,
+    pub due: Instant,
 }
 
 /// One protected pair in this region.
@@ -90,6 +102,8 @@ pub(super) struct PairCtl {
     /// `sync-fenced`: the holder's silence that makes it a suspect, and the WAL stream timeout.
     pub suspect_window: Duration,
     pub wal_stream_timeout: Duration,
+    /// `pairs[].step_timeout` as configured or derived.
+    pub step_timeout: Duration,
     /// Fence watchers and renewal recorders, joined on shutdown.
     pub detached: TaskTracker,
     /// What the DNS reconciler last found (`None` while this region does not own the record).
@@ -123,6 +137,7 @@ impl PairCtl {
             tick: cfg.effective_observe_interval(&config.lease),
             suspect_window: cfg.effective_suspect_window(&config.lease),
             wal_stream_timeout: cfg.effective_wal_stream_timeout(&config.lease),
+            step_timeout: cfg.effective_step_timeout(&config.lease),
             cfg,
             detached,
             dns_status: Mutex::new(None),

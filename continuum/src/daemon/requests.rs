@@ -55,6 +55,17 @@ impl api::Orchestrator for Daemon {
         Err(Error::NotFound { what: format!("switchover {id}") })
     }
 
+    async fn abort_switchover(&self, id: Uuid, caller: &Caller) -> Result<SwitchoverRecord, Error> {
+        for ctl in self.pairs.values() {
+            if let Some(record) = ctl.abort(id, &caller.name).await? {
+                return Ok(record);
+            }
+        }
+        // Not in flight anywhere: finished (409) or unknown (404).
+        let known = self.switchover(id).await?;
+        Err(Error::Conflict { reason: format!("switchover {id} already finished ({})", known.state.as_str()) })
+    }
+
     fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
     }

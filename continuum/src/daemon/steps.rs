@@ -35,7 +35,10 @@ impl PairCtl {
             self.seen.lock().expect("seen poisoned").waiting_on_old = None;
         }
         match next {
-            SwitchoverMove::Finished | SwitchoverMove::Wait => Ok(()),
+            SwitchoverMove::Finished | SwitchoverMove::Wait | SwitchoverMove::Backoff(_) => Ok(()),
+            SwitchoverMove::Deadline { step, waited, resolve } => {
+                self.resolve_deadline(&record, sw, step, waited, resolve).await
+            }
             SwitchoverMove::Supersede { id, .. } => self.supersede_if_still_gone(id, &sw).await,
             SwitchoverMove::WaitOnOld { step, timed_out: false } => {
                 let mut seen = self.seen.lock().expect("seen poisoned");
@@ -66,7 +69,7 @@ impl PairCtl {
 
     /// Before the lease moved a step failed: serve again, under a lease renewed now (this
     /// daemon may have restarted and let it run out meanwhile).
-    async fn roll_back(&self, record: &LeaseRecord, mut sw: SwitchoverRecord) -> Result<(), Error> {
+    pub(super) async fn roll_back(&self, record: &LeaseRecord, mut sw: SwitchoverRecord) -> Result<(), Error> {
         tracing::warn!(pair = %self.name(), id = %sw.id, "rolling the switchover back");
         self.ensure_handle(record, "rollback").await?;
         if !self.driver.is_running().await.unwrap_or(false) {
@@ -103,6 +106,7 @@ impl PairCtl {
         if let StepOutcome::Failed(reason) | StepOutcome::Unsafe(reason) = &outcome {
             tracing::warn!(pair = %self.name(), %step, reason, "switchover step failed");
         }
+        self.schedule_retry(&sw, step, &outcome);
         // Re-read: the lease (and so the epoch the CAS needs) may have moved in the step.
         let current = self
             .lease
@@ -279,7 +283,7 @@ impl PairCtl {
         Ok(())
     }
 
-    async fn finish_record(&self, current: &LeaseRecord, sw: &SwitchoverRecord) -> Result<(), Error> {
+    pub(super) async fn finish_record(&self, current: &LeaseRecord, sw: &SwitchoverRecord) -> Result<(), Error> {
         self.cas(current, sw).await?;
         let took = sw.finished_at.and_then(|f| f.duration_since(sw.requested_at).ok()).unwrap_or(Duration::ZERO);
         let outcome = match sw.state {
@@ -293,7 +297,7 @@ impl PairCtl {
             "switchover.finished",
             sw.epoch_after.or(Some(sw.epoch_before)),
             serde_json::json!({ "switchover": sw.id, "outcome": outcome, "from": sw.from, "to": sw.to,
-                "took_ms": took.as_millis() as u64, "write_gap_ms": sw.write_gap_ms }),
+                "took_ms": took.as_millis() as u64, "write_gap_ms": sw.write_gap_ms, "error": sw.error }),
         )
         .await;
         Ok(())

@@ -181,6 +181,8 @@ pub struct Options {
     pub failover_debounce: &'static str,
     pub auto_failover: bool,
     pub switchover_rejoin_timeout: &'static str,
+    /// `pairs[].step_timeout`; unset: the daemon's default.
+    pub step_timeout: Option<&'static str>,
     pub primary_down_timeout: &'static str,
     /// `pairs[].on_shutdown`: what a SIGTERM of a holder's daemon does.
     pub on_shutdown: &'static str,
@@ -216,6 +218,7 @@ impl Options {
         pair.failover_debounce = duration(self.failover_debounce)?;
         pair.auto_failover = self.auto_failover;
         pair.switchover_rejoin_timeout = duration(self.switchover_rejoin_timeout)?;
+        pair.step_timeout = self.step_timeout.map(duration).transpose()?;
         pair.primary_down_timeout = duration(self.primary_down_timeout)?;
         pair.traffic = self.traffic.clone();
         pair.on_shutdown = match self.on_shutdown {
@@ -235,6 +238,7 @@ impl Default for Options {
             failover_debounce: "5s",
             auto_failover: true,
             switchover_rejoin_timeout: "1m",
+            step_timeout: None,
             primary_down_timeout: "15s",
             on_shutdown: "switchover",
             default_timings: false,
@@ -669,5 +673,30 @@ impl Cluster {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// `region`'s audit log lines that name switchover `id`.
+    pub fn audit_lines_of(&self, region: &str, id: &str) -> Vec<serde_json::Value> {
+        super::lines(&self.dir().join(format!("audit-{region}.log")))
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["detail"]["switchover"].as_str() == Some(id))
+            .collect()
+    }
+
+    /// The index of the last raft entry applied on the witness: every lease-store write
+    /// (renewals, switchover records) is one entry.
+    pub async fn raft_applied(&self) -> anyhow::Result<u64> {
+        let api = &self.daemons["w"].api;
+        let status: continuum::witness::WitnessStatus = self
+            .http
+            .get(format!("{api}/v1/status"))
+            .bearer_auth(VIEWER)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        status.last_applied.context("the witness applied nothing yet")
     }
 }

@@ -187,6 +187,8 @@ impl Orchestrator for MemoryOrchestrator {
                     started_at: Some(started),
                     duration_ms: Some(1),
                     detail: None,
+                    attempts: 1,
+                    ended_at: Some(started),
                 }
             })
             .collect();
@@ -223,6 +225,18 @@ impl Orchestrator for MemoryOrchestrator {
         self.record(format!("get:{id}"));
         let state = self.state.lock().unwrap();
         state.history.iter().find(|r| r.id == id).cloned().ok_or(Error::NotFound { what: format!("switchover {id}") })
+    }
+
+    async fn abort_switchover(&self, id: Uuid, caller: &Caller) -> Result<SwitchoverRecord, Error> {
+        self.record(format!("abort:{id}:{}", caller.name));
+        let state = self.state.lock().unwrap();
+        // The fake walks every switchover to its end at once: a known one is always finished.
+        match state.history.iter().find(|r| r.id == id) {
+            Some(r) => {
+                Err(Error::Conflict { reason: format!("switchover {id} already finished ({})", r.state.as_str()) })
+            }
+            None => Err(Error::NotFound { what: format!("switchover {id}") }),
+        }
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Event> {
