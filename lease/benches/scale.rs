@@ -10,6 +10,7 @@
 //! `LEASE_SCALE_SECS` (default 20): length of the measured window per row.
 //! `LEASE_SCALE_ROWS`: comma-separated row names to run (default all: `fast-1`, `default-1`,
 //! `default-20`, `default-100`).
+//! `LEASE_SCALE_READS=0`: no reads (renewals and raft alone), to see what the reads cost.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -162,6 +163,9 @@ async fn child(config: NodeConfig, profile: Profile, start: Duration, end: Durat
                     }
                 }
             }));
+        }
+        if std::env::var("LEASE_SCALE_READS").is_ok_and(|v| v == "0") {
+            continue;
         }
         let (api, observe, reads) = (api.clone(), profile.observe, reads.clone());
         tasks.push(tokio::spawn(async move {
