@@ -21,6 +21,7 @@
 //! - `storage`: CRC-checked append-only log + atomically replaced vote / state / snapshot files.
 //! - `network`, `tls`: HTTP/2 over mutual TLS (rustls + ring), one client per peer.
 //! - `node`: [`LeaseNode`], the grant gate, forwarding to the leader, membership, HTTP routes.
+//! - `readindex`: leadership confirmations shared between overlapping linearizable reads.
 //! - `handle`, `clock`: [`LeaseHandle`] on `CLOCK_BOOTTIME` ([`Clock`] for injected skew).
 //! - `config`: [`NodeConfig`] (TOML) with WAN defaults and a fast profile.
 
@@ -33,6 +34,7 @@ mod gate;
 mod handle;
 mod network;
 mod node;
+mod readindex;
 mod storage;
 mod tls;
 mod types;

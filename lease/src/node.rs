@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use crate::config::{GrantRules, NodeConfig};
 use crate::error::LeaseError;
 use crate::network::{NetworkFactory, Peers, TransportError, route};
+use crate::readindex::ReadRounds;
 use crate::storage::StateView;
 use crate::tls::TlsMaterial;
 use crate::types::{Command, CommandResult, LeaseRecord, LeaseRequest, NodeId, NodeInfo, RefusalReason, TypeConfig};
@@ -33,6 +34,15 @@ pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 
 /// Pause between attempts while no leader is known.
 const LEADER_RETRY: Duration = Duration::from_millis(50);
+
+/// Deadline of one attempt of a forwarded read: the raft election timeout minimum, at most
+/// `call_timeout`. A leader that cannot answer within an election timeout is frozen or cut off,
+/// and by then the followers have started replacing it; the read then asks again whoever leads
+/// (reads have no side effect, so retrying is safe). A healthy leader answers within a heartbeat
+/// round trip plus the forward, well below it (`validate` keeps it above two heartbeats).
+fn forward_attempt_timeout(config: &NodeConfig) -> Duration {
+    config.raft.election_timeout_min.min(config.lease.call_timeout)
+}
 
 /// Runs a node until `shutdown` resolves. What `lease-node` and `continuum witness` call.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), LeaseError> {
@@ -90,7 +100,15 @@ struct Shared {
     own_names: Vec<String>,
     /// Pairs this node may create a record for (`NodeConfig::pairs`).
     pairs: BTreeSet<String>,
+    /// Deadline of one forwarded read attempt (see [`forward_attempt_timeout`]).
+    forward_attempt: Duration,
+    /// Shares leadership confirmations between overlapping reads (see `readindex`).
+    read_rounds: ReadRounds<ReadIndex>,
 }
+
+/// A ReadIndex round's outcome: the log id the state machine must reach.
+type ReadIndex = Result<Option<openraft::LogId<NodeId>>, CheckIsLeaderFailure>;
+type CheckIsLeaderFailure = RaftError<NodeId, CheckIsLeaderError<NodeId, NodeInfo>>;
 
 impl Shared {
     /// Whether `name` (a certificate's common name) is the region of a configured member or of
@@ -154,6 +172,8 @@ impl LeaseNode {
             configured_regions,
             own_names,
             pairs: config.pairs.iter().cloned().collect(),
+            forward_attempt: forward_attempt_timeout(&config),
+            read_rounds: ReadRounds::new(),
         });
 
         let listener = std::net::TcpListener::bind(config.listen)
@@ -253,7 +273,7 @@ impl crate::client::LeaseApi for LeaseNode {
     }
 }
 
-fn quorum_not_reached(e: &RaftError<NodeId, CheckIsLeaderError<NodeId, NodeInfo>>) -> bool {
+fn quorum_not_reached(e: &CheckIsLeaderFailure) -> bool {
     matches!(e, RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))
 }
 
@@ -432,13 +452,30 @@ impl Shared {
         }
     }
 
+    /// What openraft's `ensure_linearizable` does, with the leadership confirmation shared
+    /// between overlapping reads (see `readindex` for why that is safe): once it returns `Ok`,
+    /// this node's state machine reflects every write that completed before the call.
+    async fn linearizable(&self) -> Result<(), CheckIsLeaderFailure> {
+        let raft = self.raft.clone();
+        let read_log_id =
+            self.read_rounds.confirm(move || async move { raft.get_read_log_id().await.map(|(id, _)| id) }).await?;
+        if let Some(id) = read_log_id {
+            self.raft
+                .wait(None)
+                .applied_index_at_least(Some(id.index), "linearizable read")
+                .await
+                .map_err(|_| RaftError::Fatal(openraft::error::Fatal::Stopped))?;
+        }
+        Ok(())
+    }
+
     /// Linearizable read: ReadIndex on the leader (this node or, forwarded, another one).
     async fn read(&self, pair: &str) -> Result<Option<LeaseRecord>, LeaseError> {
         let timeout = self.rules.call_timeout;
         let deadline = Instant::now() + timeout;
         let attempt = async {
             loop {
-                let err = match self.raft.ensure_linearizable().await {
+                let err = match self.linearizable().await {
                     Ok(_) => return Ok(self.view.record(pair)),
                     Err(e) => e,
                 };
@@ -453,10 +490,17 @@ impl Shared {
                 if let (Some(leader), Some(node)) = (fwd.leader_id, fwd.leader_node.clone())
                     && leader != self.id
                 {
+                    // Capped per attempt, unlike a write: a timed-out read changed nothing, so
+                    // it is asked again (of the new leader once one is known), not "unknown".
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     let body = ReadRequest { pair: pair.to_string() };
-                    match self.peers.post(leader, &node, route::FORWARD_READ, &body, remaining).await {
+                    let cap = remaining.min(self.forward_attempt);
+                    match self.peers.post(leader, &node, route::FORWARD_READ, &body, cap).await {
                         Ok(Err(LeaseError::NoLeader)) | Err(TransportError::NotDelivered(_)) => {}
+                        Err(TransportError::TimedOut(m)) => {
+                            tracing::debug!(leader, error = %m, "forwarded read timed out, asking again");
+                            continue;
+                        }
                         Ok(r) => return r,
                         Err(e) => return Err(e.into_lease_error("read", timeout)),
                     }
@@ -471,7 +515,7 @@ impl Shared {
 
     async fn read_as_leader(&self, pair: &str) -> Result<Option<LeaseRecord>, LeaseError> {
         let timeout = self.rules.call_timeout;
-        match tokio::time::timeout(timeout, self.raft.ensure_linearizable()).await {
+        match tokio::time::timeout(timeout, self.linearizable()).await {
             Ok(Ok(_)) => Ok(self.view.record(pair)),
             // The forwarder retries on NoLeader: nothing was read.
             Ok(Err(e)) if e.forward_to_leader::<NodeInfo>().is_some() || quorum_not_reached(&e) => {
