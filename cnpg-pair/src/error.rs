@@ -17,37 +17,37 @@ pub enum ErrorClass {
     Unsafe,
 }
 
-/// A tokio-postgres error with its causes: its own text is only the kind ("error connecting
-/// to server", "db error"); what happened (connection refused, too many clients, the server's
-/// message and SQLSTATE) is in the source chain.
-fn pg_detail(e: &tokio_postgres::Error) -> String {
-    let mut text = e.to_string();
-    if let Some(db) = e.as_db_error() {
-        text += &format!(": {} ({}: {})", db.message(), db.severity(), db.code().code());
-        return text;
-    }
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        text += &format!(": {c}");
-        cause = c.source();
-    }
-    text
-}
-
 /// Errors of the data-plane driver. Every variant names the node it concerns.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid input: {0}")]
     InvalidInput(String),
 
-    #[error("{node}: cannot connect to PostgreSQL: {}", pg_detail(source))]
+    #[error("{node}: cannot connect to PostgreSQL: {}", with_causes(source))]
     Connect {
         node: String,
         #[source]
         source: tokio_postgres::Error,
     },
 
-    #[error("{node}: {what} failed: {}", pg_detail(source))]
+    /// The server refused the role or its password (or `pg_hba.conf` has no entry for it).
+    #[error("{node}: PostgreSQL refused the credentials: {}", with_causes(source))]
+    Auth {
+        node: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
+    /// The TLS handshake failed: a server certificate that does not verify under `sslmode`
+    /// (unknown CA, wrong host name), or TLS required but not offered.
+    #[error("{node}: TLS with PostgreSQL failed: {}", with_causes(source))]
+    Tls {
+        node: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
+    #[error("{node}: {what} failed: {}", with_causes(source))]
     Query {
         node: String,
         what: &'static str,
@@ -149,6 +149,8 @@ impl Error {
         match self {
             Error::InvalidInput(_) => "invalid_input",
             Error::Connect { .. } => "connect",
+            Error::Auth { .. } => "auth",
+            Error::Tls { .. } => "tls",
             Error::Query { .. } => "query",
             Error::Timeout { .. } => "timeout",
             Error::Command { .. } => "command",
@@ -184,6 +186,8 @@ impl Error {
             | Error::Diverged { .. }
             | Error::StoreWrite(_) => ErrorClass::Retryable,
             Error::InvalidInput(_)
+            | Error::Auth { .. }
+            | Error::Tls { .. }
             | Error::Io { .. }
             | Error::Parse { .. }
             | Error::DurabilityRequired
@@ -210,6 +214,22 @@ fn kube_class(error: &kube::Error) -> ErrorClass {
         kube::Error::Api(status) if matches!(status.code, 400 | 401 | 403 | 404 | 422) => ErrorClass::NeedsOperator,
         _ => ErrorClass::Retryable,
     }
+}
+
+/// tokio-postgres' message with its causes ("db error: FATAL: password authentication failed
+/// …", "error performing TLS handshake: invalid peer certificate: UnknownIssuer"): its own
+/// text names the kind only.
+fn with_causes(error: &tokio_postgres::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(e) = cause {
+        let more = e.to_string();
+        if !text.ends_with(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = e.source();
+    }
+    text
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

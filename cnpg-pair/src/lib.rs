@@ -17,8 +17,10 @@
 //!
 //! Every step is idempotent; after a crash the daemon repeats the step it was in.
 //! [`evaluate`] decides whether an automatic failover may promote the standby.
-//! Database roles: managed mode connects as a superuser; an observer-only role needs
-//! `pg_monitor` (for `pg_ls_waldir()` and `pg_stat_replication` details).
+//! Database roles: the driver's steps connect as the admin role (a superuser: fence, promote,
+//! checkpoint, rewind, replicate); observation sessions may use a role with `pg_monitor` only
+//! (for `pg_ls_waldir()` and `pg_stat_replication` details), [`PgAuth::observer_user`]. Every
+//! session's TLS and password come from [`PgAuth`] (`tls`).
 
 pub mod cnpg;
 mod driver;
@@ -30,6 +32,7 @@ pub mod plain;
 pub mod process;
 mod query;
 mod sync;
+mod tls;
 
 pub use cnpg::{CnpgConfig, CnpgDriver};
 pub use driver::{
@@ -43,4 +46,6 @@ pub use observe::{
 };
 pub use plain::{ControlData, PlainDriver, PlainNodeConfig, PlainTimeouts, RejoinPolicy};
 pub use process::RunAs;
+pub use query::Connector;
 pub use sync::{Durability, StoreWriteError, SyncRecordStore};
+pub use tls::{PgAuth, SslMode};

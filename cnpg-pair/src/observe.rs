@@ -5,10 +5,11 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::time::error::Elapsed;
-use tokio_postgres::{Client, Config, NoTls, Statement, ToStatement};
+use tokio_postgres::{Client, Statement, ToStatement};
 
 use crate::error::{Error, Result};
 use crate::lsn::{Lsn, WalPosition};
+use crate::query::Connector;
 
 /// `sync_state` of a `pg_stat_replication` row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,10 +176,10 @@ impl PairSnapshot {
     }
 }
 
-/// Observes one node: connects with `config` (deadline `timeout` for the whole observation) and
-/// reports it as a primary, a standby, or unreachable.
-pub async fn observe(node: &str, config: &Config, timeout: Duration) -> Observed {
-    settle(node, timeout, tokio::time::timeout(timeout, observe_inner(node, config)).await)
+/// Observes one node: connects with `connector` (deadline `timeout` for the whole observation)
+/// and reports it as a primary, a standby, or unreachable.
+pub async fn observe(node: &str, connector: &Connector, timeout: Duration) -> Observed {
+    settle(node, timeout, tokio::time::timeout(timeout, observe_inner(node, connector, timeout)).await)
 }
 
 fn settle(node: &str, timeout: Duration, outcome: std::result::Result<Result<Observed>, Elapsed>) -> Observed {
@@ -192,17 +193,8 @@ fn settle(node: &str, timeout: Duration, outcome: std::result::Result<Result<Obs
     }
 }
 
-async fn connect(node: &str, config: &Config) -> Result<Client> {
-    let (client, connection) =
-        config.connect(NoTls).await.map_err(|source| Error::Connect { node: node.to_string(), source })?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
-}
-
-async fn observe_inner(node: &str, config: &Config) -> Result<Observed> {
-    observe_client(node, &connect(node, config).await?).await
+async fn observe_inner(node: &str, connector: &Connector, timeout: Duration) -> Result<Observed> {
+    observe_client(node, &connector.connect(node, timeout).await?).await
 }
 
 /// Repeated observation of one node over one long-lived session, as [`observe`] would report it.
@@ -217,7 +209,7 @@ async fn observe_inner(node: &str, config: &Config) -> Result<Observed> {
 /// smart shutdown (which waits for every session to end) is held up for at most that long.
 pub struct Observer {
     node: String,
-    config: Config,
+    connector: Connector,
     timeout: Duration,
     session: tokio::sync::Mutex<Option<Session>>,
 }
@@ -239,15 +231,15 @@ impl std::fmt::Debug for Observer {
 
 impl Observer {
     /// `timeout` bounds one whole observation, reconnecting included.
-    pub fn new(node: impl Into<String>, config: Config, timeout: Duration) -> Observer {
-        Observer { node: node.into(), config, timeout, session: tokio::sync::Mutex::new(None) }
+    pub fn new(node: impl Into<String>, connector: Connector, timeout: Duration) -> Observer {
+        Observer { node: node.into(), connector, timeout, session: tokio::sync::Mutex::new(None) }
     }
 
     pub async fn observe(&self) -> Observed {
         // Concurrent callers do not queue behind a slow observation: they observe on a
         // connection of their own, as before sessions were kept.
         let Ok(mut session) = self.session.try_lock() else {
-            return observe(&self.node, &self.config, self.timeout).await;
+            return observe(&self.node, &self.connector, self.timeout).await;
         };
         let node = self.node.as_str();
         let attempt = async {
@@ -261,7 +253,7 @@ impl Observer {
                     Err(e) => tracing::debug!(node, error = %e, "observation session failed; reconnecting"),
                 }
             }
-            let client = connect(node, &self.config).await?;
+            let client = self.connector.connect(node, self.timeout).await?;
             let prepared = Prepared::new(node, &client).await?;
             let observed = observe_with(node, &client, &prepared.queries()).await?;
             *session = Some(Session { client, prepared, since: Instant::now() });
@@ -459,10 +451,11 @@ mod tests {
     const APP: &str = "observer-test";
 
     fn observer(port: u16) -> Observer {
-        let mut config = Config::new();
+        let mut config = tokio_postgres::Config::new();
         config.host("127.0.0.1").port(port).user("postgres").dbname("postgres").application_name(APP);
         config.connect_timeout(Duration::from_secs(2));
-        Observer::new("n", config, Duration::from_secs(5))
+        let connector = Connector::from_auth(config, &crate::PgAuth::default(), false).unwrap();
+        Observer::new("n", connector, Duration::from_secs(5))
     }
 
     /// Backends of `observer` sessions on `node`.

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::Client;
 
 use crate::driver::{
     CaughtUp, FenceMethod, FenceOutcome, PairDriver, PromoteRequest, Promotion, RejoinMethod, Rejoined, Upstream,
@@ -28,8 +28,9 @@ use crate::lsn::{Lsn, WalPosition};
 use crate::observe::{self, Observed, parse_lsn, timeline_of_walfile};
 use crate::process;
 pub use crate::process::RunAs;
-use crate::query::{connect_config, timed_on};
+use crate::query::{Connector, connect_config, timed_on};
 use crate::sync::{self, Durability, SyncRecordStore, SyncSteps};
+use crate::tls::{PgAuth, conninfo_value, pgpass_line};
 
 /// Keys of this node's own settings. They live in `node.conf` only.
 const OWNED_KEYS: [&str; 9] = [
@@ -102,6 +103,10 @@ pub struct PlainNodeConfig {
     pub timeouts: PlainTimeouts,
     #[serde(default)]
     pub rejoin: RejoinPolicy,
+    /// TLS and credentials of every session: its own server, the upstream, and the
+    /// `primary_conninfo`, `pg_rewind` and `pg_basebackup` of a rejoin (same roles on both).
+    #[serde(default)]
+    pub auth: PgAuth,
 }
 
 fn default_host() -> String {
@@ -291,12 +296,16 @@ struct NodeSettings {
 #[derive(Debug, Clone)]
 pub struct PlainDriver {
     config: PlainNodeConfig,
+    /// The admin role's sessions to this node (and, retargeted, to an upstream).
+    admin: Connector,
+    /// The admin role's password, for the `.pgpass` of a rejoin.
+    password: Option<String>,
     /// Shared by clones: one observation session per node.
     observer: Arc<observe::Observer>,
 }
 
 impl PlainDriver {
-    /// Checks the configuration (nothing is touched).
+    /// Checks the configuration and reads its TLS and password files (nothing is touched).
     pub fn new(config: PlainNodeConfig) -> Result<PlainDriver> {
         let bad = |why: String| Err(Error::InvalidInput(format!("node {:?}: {why}", config.name)));
         if config.name.is_empty() || !config.name.chars().all(|c| c.is_ascii_alphanumeric() || "_-".contains(c)) {
@@ -328,12 +337,20 @@ impl PlainDriver {
         if config.rejoin.max_attempts == 0 {
             return bad("rejoin.max_attempts must be at least 1".into());
         }
+        let auth = &config.auth;
+        let invalid = |why: String| Error::InvalidInput(format!("node {:?}: {why}", config.name));
+        let tls = auth.tls_client().map_err(invalid)?;
+        let password = auth.password().map_err(invalid)?;
+        let admin = Connector::new(pg_config(&config, &config.superuser), auth, tls.clone(), password.as_deref());
+        let (observer_user, observer_password) = auth.observer(&config.superuser).map_err(invalid)?;
+        let observer_connector =
+            Connector::new(pg_config(&config, &observer_user), auth, tls, observer_password.as_deref());
         let observer = Arc::new(observe::Observer::new(
             config.name.clone(),
-            pg_config(&config),
+            observer_connector,
             config.timeouts.connect + config.timeouts.query,
         ));
-        Ok(PlainDriver { config, observer })
+        Ok(PlainDriver { config, admin, password, observer })
     }
 
     pub fn config(&self) -> &PlainNodeConfig {
@@ -344,40 +361,16 @@ impl PlainDriver {
         self.config.name.clone()
     }
 
-    fn pg_config(&self) -> Config {
-        pg_config(&self.config)
+    fn upstream_connector(&self, upstream: &Upstream) -> Connector {
+        self.admin.to(&upstream.host, upstream.port, &upstream.user, &upstream.dbname)
     }
 
-    fn upstream_config(&self, upstream: &Upstream) -> Config {
-        let mut config = Config::new();
-        config
-            .host(&upstream.host)
-            .port(upstream.port)
-            .user(&upstream.user)
-            .dbname(&upstream.dbname)
-            .application_name("continuum")
-            .connect_timeout(self.config.timeouts.connect);
-        config
-    }
-
-    async fn connect_to(&self, node: &str, config: &Config) -> Result<Client> {
-        let connecting = config.connect(NoTls);
-        let (client, connection) = tokio::time::timeout(self.config.timeouts.connect, connecting)
-            .await
-            .map_err(|_| Error::Timeout {
-                node: node.to_string(),
-                what: "connect",
-                after: self.config.timeouts.connect,
-            })?
-            .map_err(|source| Error::Connect { node: node.to_string(), source })?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        Ok(client)
+    async fn connect_to(&self, node: &str, connector: &Connector) -> Result<Client> {
+        connector.connect(node, self.config.timeouts.connect).await
     }
 
     async fn connect(&self) -> Result<Client> {
-        self.connect_to(&self.config.name, &self.pg_config()).await
+        self.connect_to(&self.config.name, &self.admin).await
     }
 
     /// Runs a query on this node under a deadline.
@@ -449,10 +442,23 @@ impl PlainDriver {
 
     /// Writes a file in the data directory atomically, owned by the PostgreSQL account.
     fn write_owned(&self, path: &Path, contents: &str) -> Result<()> {
+        self.write_owned_mode(path, contents, 0o644)
+    }
+
+    /// [`PlainDriver::write_owned`] with the file's mode (a secret: 0600, which libpq demands
+    /// of a passfile).
+    fn write_owned_mode(&self, path: &Path, contents: &str, mode: u32) -> Result<()> {
         use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
         let tmp = path.with_extension("continuum-tmp");
+        let _ = std::fs::remove_file(&tmp);
         // Synced before the rename, so a power loss leaves the old file or the new one.
-        let mut file = std::fs::File::create(&tmp).map_err(self.io_err(&tmp))?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(self.io_err(&tmp))?;
         file.write_all(contents.as_bytes()).and_then(|()| file.sync_all()).map_err(self.io_err(&tmp))?;
         if let Some(user) = self.config.run_as {
             std::os::unix::fs::chown(&tmp, Some(user.uid), Some(user.gid)).map_err(self.io_err(&tmp))?;
@@ -559,11 +565,39 @@ impl PlainDriver {
             .map(|line| line.trim().to_string())
     }
 
-    fn replication_conninfo(&self, upstream: &Upstream) -> String {
-        format!(
-            "host={} port={} user={} application_name={}",
-            upstream.host, upstream.port, upstream.user, self.config.name
-        )
+    fn replication_conninfo(&self, upstream: &Upstream) -> Result<String> {
+        Ok(format!("{} application_name={}", self.upstream_conninfo(upstream, None)?, self.config.name))
+    }
+
+    /// libpq conninfo of `upstream` for the server and its tools (run as the PostgreSQL
+    /// account): TLS settings and, when a password is configured, a `passfile` written next to
+    /// the data directory (never the password itself, which `primary_conninfo` would expose).
+    fn upstream_conninfo(&self, upstream: &Upstream, dbname: Option<&str>) -> Result<String> {
+        let mut out = format!(
+            "host={} port={} user={}",
+            conninfo_value(&upstream.host),
+            upstream.port,
+            conninfo_value(&upstream.user)
+        );
+        if let Some(dbname) = dbname {
+            out += &format!(" dbname={}", conninfo_value(dbname));
+        }
+        let passfile = match &self.password {
+            Some(password) => {
+                let path = self.passfile();
+                self.write_owned_mode(&path, &pgpass_line(&upstream.user, password), 0o600)?;
+                Some(path)
+            }
+            None => None,
+        };
+        Ok(format!("{out} {}", self.config.auth.conninfo_params(passfile.as_deref())))
+    }
+
+    /// `<data_dir>.pgpass`: outside the data directory, which a re-clone replaces.
+    fn passfile(&self) -> PathBuf {
+        let mut name = self.config.data_dir.clone().into_os_string();
+        name.push(".pgpass");
+        PathBuf::from(name)
     }
 
     /// Standby configuration pointing at `upstream`, in crash-safe order: `standby.signal` first,
@@ -574,7 +608,7 @@ impl PlainDriver {
             primary_conninfo: None,
             synchronous_standby_names: self.default_sync_names(),
         });
-        settings.primary_conninfo = Some(self.replication_conninfo(upstream));
+        settings.primary_conninfo = Some(self.replication_conninfo(upstream)?);
         self.write_node_settings(&settings)?;
         self.scrub_auto_conf()
     }
@@ -590,7 +624,7 @@ impl PlainDriver {
             }
             return Err(e);
         }
-        let up = self.connect_to(&upstream.name, &self.upstream_config(upstream)).await?;
+        let up = self.connect_to(&upstream.name, &self.upstream_connector(upstream)).await?;
         let row = timed_on(&upstream.name, "read upstream position", self.config.timeouts.query, up.query_one(
                 "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END",
                 &[],
@@ -642,7 +676,7 @@ impl PlainDriver {
         if !local.is_ok_and(|s| s.streaming) {
             return false;
         }
-        let Ok(up) = self.connect_to(&upstream.name, &self.upstream_config(upstream)).await else { return false };
+        let Ok(up) = self.connect_to(&upstream.name, &self.upstream_connector(upstream)).await else { return false };
         let query = "SELECT 1 FROM pg_stat_replication WHERE application_name = $1 AND state = 'streaming'";
         let name = &self.config.name;
         matches!(
@@ -662,10 +696,7 @@ impl PlainDriver {
         self.set_standby_signal(false)?;
         let mut args = self.data_dir_arg();
         args.push("--source-server".into());
-        args.push(
-            format!("host={} port={} user={} dbname={}", upstream.host, upstream.port, upstream.user, upstream.dbname)
-                .into(),
-        );
+        args.push(self.upstream_conninfo(upstream, Some(&upstream.dbname))?.into());
         let output = self.run_tool_ok("pg_rewind", args, self.config.timeouts.rewind).await?;
         // pg_rewind reports on stderr.
         tracing::info!(node = %self.config.name, "pg_rewind: {}", String::from_utf8_lossy(&output.stderr).trim());
@@ -683,7 +714,7 @@ impl PlainDriver {
     async fn try_reclone(&self, upstream: &Upstream) -> Result<()> {
         let data_dir = &self.config.data_dir;
         // Destroy nothing unless the source is there to copy from.
-        let up = self.connect_to(&upstream.name, &self.upstream_config(upstream)).await?;
+        let up = self.connect_to(&upstream.name, &self.upstream_connector(upstream)).await?;
         let query = up.query_one("SELECT pg_is_in_recovery()", &[]);
         if timed_on(&upstream.name, "check upstream role", self.config.timeouts.query, query).await?.get::<_, bool>(0) {
             return Err(Error::WrongRole { node: upstream.name.clone(), expected: "a primary", found: "a standby" });
@@ -699,7 +730,7 @@ impl PlainDriver {
             }
         }
         let mut args: Vec<OsString> = vec!["-D".into(), data_dir.clone().into(), "-d".into()];
-        args.push(format!("host={} port={} user={}", upstream.host, upstream.port, upstream.user).into());
+        args.push(self.upstream_conninfo(upstream, None)?.into());
         args.extend(["-X".into(), "stream".into(), "-c".into(), "fast".into()]);
         if let Err(e) = self.run_tool_ok("pg_basebackup", args, self.config.timeouts.clone).await {
             // A partial copy must not be mistaken for a data directory on the next attempt.
@@ -991,6 +1022,7 @@ impl PairDriver for PlainDriver {
             // unreachable upstream is no reason to escalate: a rewind or clone needs it too.
             let upstream_down = matches!(&error,
                 Error::Connect { node, .. } | Error::Timeout { node, .. } | Error::WrongRole { node, .. }
+                    | Error::Auth { node, .. } | Error::Tls { node, .. }
                     if *node == upstream.name);
             let cannot_work = matches!(&error, Error::Diverged { .. } | Error::Timeout { .. });
             let failed_again = previous_failure == Some(method);
@@ -1037,9 +1069,9 @@ impl PairDriver for PlainDriver {
 #[path = "plain_recovery.rs"]
 mod recovery;
 
-/// How the daemon connects to `node` (observation and driver steps alike).
-fn pg_config(node: &PlainNodeConfig) -> Config {
-    connect_config(&node.host, node.port, &node.superuser, &node.dbname, node.timeouts.connect)
+/// How the daemon connects to `node` as `user` (observation and driver steps alike).
+fn pg_config(node: &PlainNodeConfig, user: &str) -> tokio_postgres::Config {
+    connect_config(&node.host, node.port, user, &node.dbname, node.timeouts.connect)
 }
 
 /// `FIRST 1 ("name")`: wait for exactly this standby.
@@ -1103,6 +1135,7 @@ mod tests {
             synchronous_standby: Some("b".into()),
             timeouts: PlainTimeouts::default(),
             rejoin: RejoinPolicy::default(),
+            auth: PgAuth::default(),
         }
     }
 
@@ -1119,6 +1152,8 @@ mod tests {
             ("listen_addresses", |c| c.listen_addresses = Some(" ".into())),
             ("synchronous_standby", |c| c.synchronous_standby = Some("x\"y".into())),
             ("max_attempts", |c| c.rejoin.max_attempts = 0),
+            ("sslrootcert", |c| c.auth.sslmode = crate::SslMode::VerifyFull),
+            ("password_file", |c| c.auth.password_file = Some("/nonexistent/password".into())),
         ];
         for (expected, mutate) in cases {
             let mut config = valid_config();

@@ -35,6 +35,24 @@ pub fn lookup_user(name: &str) -> Result<RunAs> {
     Ok(RunAs { uid: pwd.pw_uid, gid: pwd.pw_gid })
 }
 
+/// The account's home directory. A binary run as another account gets it as `HOME` (as `su`
+/// would): libpq looks for `~/.postgresql/postgresql.crt` and fails when the caller's home
+/// (root's) is not readable, which breaks TLS replication and tools.
+pub(crate) fn home_of(uid: u32) -> PathBuf {
+    // SAFETY: zeroed passwd is a valid out-parameter for getpwuid_r.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the duration of the call and `buf` outlives `pwd`'s use.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
+    if rc != 0 || result.is_null() || pwd.pw_dir.is_null() {
+        return PathBuf::from("/nonexistent");
+    }
+    // SAFETY: getpwuid_r succeeded, so pw_dir points at a NUL-terminated string inside `buf`.
+    let dir = unsafe { std::ffi::CStr::from_ptr(pwd.pw_dir) };
+    PathBuf::from(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(dir.to_bytes()))
+}
+
 /// One server as `pg_ctl` sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Server {
@@ -62,7 +80,7 @@ pub(crate) async fn run_tool(
     cmd.env_remove("PGDATA").env_remove("PGPORT").env_remove("PGHOST").env("LC_ALL", "C");
     cmd.stdin(std::process::Stdio::null());
     if let Some(user) = server.run_as {
-        cmd.uid(user.uid).gid(user.gid);
+        cmd.uid(user.uid).gid(user.gid).env("HOME", home_of(user.uid));
     }
     match tokio::time::timeout(deadline, cmd.output()).await {
         Err(_) => Err(Error::Timeout { node: server.node.clone(), what: "external command", after: deadline }),

@@ -161,7 +161,17 @@ pub async fn run(options: DemoOptions, shutdown: impl std::future::Future<Output
     if !json {
         eprintln!("starting the demo in {} ...", d.display());
     }
-    let pair = devstack::PgPair::builder().names("a", "b").parent(&d).start().await.map_err(stack("PostgreSQL"))?;
+    // One throwaway CA for the daemons' mutual TLS and the servers' certificates: PostgreSQL
+    // takes TLS with scram-sha-256 over TCP, trust on the Unix socket only.
+    let ca = crate::pki::LocalCa::new(&d)?;
+    let (security, pg_auth) = topology::secure_postgres(&d, &ca, &[])?;
+    let pair = devstack::PgPair::builder()
+        .names("a", "b")
+        .parent(&d)
+        .secure(security)
+        .start()
+        .await
+        .map_err(stack("PostgreSQL"))?;
     let pair: &devstack::PgPair = demo.pair.insert(pair);
     let pdns = devstack::PowerDns::builder()
         .health_check_interval(topology::HEALTH_CHECK_SECS)
@@ -207,7 +217,6 @@ pub async fn run(options: DemoOptions, shutdown: impl std::future::Future<Output
     }
 
     // Certificates, tokens, configs; then the daemons.
-    let ca = crate::pki::LocalCa::new(&d)?;
     let owner_token = devstack::random_hex(16);
     topology::write_secret(
         &d.join("tokens.toml"),
@@ -254,6 +263,7 @@ pub async fn run(options: DemoOptions, shutdown: impl std::future::Future<Output
         pdm_token_file: d.join("pdm.token"),
         zone: ZONE.into(),
         tokens_file: d.join("tokens.toml"),
+        pg_auth,
     };
     let exe = std::env::current_exe().map_err(io)?;
     let mut timings = String::new();

@@ -96,7 +96,45 @@ pub struct Topology {
     pub pdm_token_file: PathBuf,
     pub zone: String,
     pub tokens_file: PathBuf,
+    /// How the daemons authenticate to and encrypt with both PostgreSQL servers
+    /// ([`secure_postgres`]); the default is the config's (no password, TLS when offered).
+    pub pg_auth: cnpg_pair::PgAuth,
 }
+
+/// The PostgreSQL security of a loopback deployment: one server certificate for the pair
+/// (valid for 127.0.0.1, localhost and `hosts`: each data directory is a copy of the other's)
+/// from `ca`, passwords for the admin role (`postgres`) and the observer role (`pg_monitor`)
+/// in owner-only files in `dir`; the daemons verify the servers (`verify-full`).
+pub fn secure_postgres(
+    dir: &Path,
+    ca: &crate::pki::LocalCa,
+    hosts: &[IpAddr],
+) -> Result<(devstack::PgSecurity, cnpg_pair::PgAuth), Error> {
+    let server = ca.node_with_addresses("postgres", hosts)?;
+    let (admin_password, observer_password) = (devstack::random_hex(16), devstack::random_hex(16));
+    let (admin_file, observer_file) = (dir.join("pg-admin.password"), dir.join("pg-observer.password"));
+    write_secret(&admin_file, &format!("{admin_password}\n"))?;
+    write_secret(&observer_file, &format!("{observer_password}\n"))?;
+    let security = devstack::PgSecurity {
+        server_cert: server.cert,
+        server_key: server.key,
+        admin_password,
+        observer_user: OBSERVER_ROLE.into(),
+        observer_password,
+    };
+    let auth = cnpg_pair::PgAuth {
+        sslmode: cnpg_pair::SslMode::VerifyFull,
+        sslrootcert: Some(ca.ca_path()),
+        password_file: Some(admin_file),
+        observer_user: Some(OBSERVER_ROLE.into()),
+        observer_password_file: Some(observer_file),
+        ..cnpg_pair::PgAuth::default()
+    };
+    Ok((security, auth))
+}
+
+/// The observation role [`secure_postgres`] creates (`pg_monitor` only).
+pub const OBSERVER_ROLE: &str = "continuum_observer";
 
 impl Topology {
     /// The config of every node, in [`Topology::nodes`] order.
@@ -166,6 +204,14 @@ impl Topology {
         postgres.log_file = Some(server.log_file.clone());
         postgres.socket_dir = Some(server.socket_dir.clone());
         postgres.run_as = server.run_as.is_some().then(|| "postgres".to_string());
+        let auth = &self.pg_auth;
+        postgres.sslmode = auth.sslmode;
+        postgres.sslrootcert = auth.sslrootcert.clone();
+        postgres.sslcert = auth.sslcert.clone();
+        postgres.sslkey = auth.sslkey.clone();
+        postgres.password_file = auth.password_file.clone();
+        postgres.observer_user = auth.observer_user.clone();
+        postgres.observer_password_file = auth.observer_password_file.clone();
         let mut dns: DnsConfig = defaulted([("record", value(RECORD)?)])?;
         dns.ttl = 1;
         dns.addresses = self.addresses.clone();
@@ -273,6 +319,7 @@ mod tests {
             bin_dir: "/usr/lib/postgresql/15/bin".into(),
             run_as: Some(devstack::os::RunAs { uid: 1, gid: 1 }),
             launcher: None,
+            password: None,
         };
         let node = |region: &str, port: u16, data: Option<DataNode>| Node {
             region: region.into(),
@@ -297,6 +344,13 @@ mod tests {
             pdm_token_file: dir.join("pdm.token"),
             zone: "continuum.test".into(),
             tokens_file: dir.join("tokens.toml"),
+            pg_auth: cnpg_pair::PgAuth {
+                sslmode: cnpg_pair::SslMode::VerifyFull,
+                sslrootcert: Some(dir.join("ca.pem")),
+                password_file: Some(dir.join("pg password")),
+                observer_user: Some(OBSERVER_ROLE.into()),
+                ..cnpg_pair::PgAuth::default()
+            },
         }
     }
 

@@ -6,6 +6,7 @@
 //! - [`pg`]: one PostgreSQL server managed through its data directory (`pg_ctl`, `node.conf`,
 //!   postmaster pid, log tail).
 //! - [`pdns`]: `pdns_server` with the sqlite3 schema, API and LUA records.
+//! - [`tls`]: the TLS client of test sessions (encrypts, verifies nothing; daemons verify).
 //! - [`ports`]: free loopback ports; servers retry with a fresh one when the bind fails.
 //! - [`os`]: PostgreSQL binaries run as the `postgres` account when we are root.
 //!
@@ -16,11 +17,12 @@ pub mod pair;
 pub mod pdns;
 pub mod pg;
 pub mod ports;
+pub mod tls;
 pub mod wait;
 
 use std::time::Duration;
 
-pub use pair::{PgPair, PgPairBuilder};
+pub use pair::{PgPair, PgPairBuilder, PgSecurity};
 pub use pdns::{PowerDns, PowerDnsBuilder};
 pub use pg::{Launcher, NodeSettings, PgNode, StopMode};
 pub use ports::free_port;

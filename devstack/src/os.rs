@@ -59,9 +59,31 @@ pub fn pg_command(bin_dir: &Path, program: &str, run_as: Option<RunAs>) -> Comma
     if let Some(user) = run_as {
         cmd.uid(user.uid).gid(user.gid);
     }
+    set_home(&mut cmd, run_as);
     // Keep the caller's locale and PG* variables from leaking into the servers.
     cmd.env_remove("PGDATA").env_remove("PGPORT").env_remove("PGHOST").env("LC_ALL", "C");
     cmd
+}
+
+/// `HOME` of the account a command runs as (as `su` would): libpq looks for
+/// `~/.postgresql/postgresql.crt` and fails on a home it may not read (root's), which breaks
+/// TLS replication and `pg_basebackup`.
+pub fn set_home(cmd: &mut Command, run_as: Option<RunAs>) {
+    let Some(user) = run_as else { return };
+    // SAFETY: zeroed passwd is a valid out-parameter for getpwuid_r.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the duration of the call and `buf` outlives `pwd`'s use.
+    let rc = unsafe { libc::getpwuid_r(user.uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
+    let home = if rc != 0 || result.is_null() || pwd.pw_dir.is_null() {
+        PathBuf::from("/nonexistent")
+    } else {
+        use std::os::unix::ffi::OsStrExt;
+        // SAFETY: getpwuid_r succeeded, so pw_dir points at a NUL-terminated string in `buf`.
+        PathBuf::from(std::ffi::OsStr::from_bytes(unsafe { std::ffi::CStr::from_ptr(pwd.pw_dir) }.to_bytes()))
+    };
+    cmd.env("HOME", home);
 }
 
 /// Runs `cmd` to completion; a non-zero exit becomes an error carrying its output.

@@ -12,6 +12,21 @@ use crate::ports::free_port;
 use crate::wait::wait_for;
 use crate::{Error, Result, io};
 
+/// TLS and passwords for a pair: TCP connections need TLS and scram-sha-256 (`hostssl` only in
+/// `pg_hba.conf`), the Unix socket stays `trust` (local administration, the tests' back door).
+#[derive(Debug, Clone)]
+pub struct PgSecurity {
+    /// PEM server certificate and key, valid for every host of the pair: both data directories
+    /// hold it (`server.crt`, `server.key`) because a clone or rewind copies the other's.
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    /// Password of `postgres`, the daemons' admin role (fence, promote, replicate).
+    pub admin_password: String,
+    /// The observation role (`pg_monitor` only) and its password.
+    pub observer_user: String,
+    pub observer_password: String,
+}
+
 /// Options for a [`PgPair`].
 #[derive(Debug, Clone)]
 pub struct PgPairBuilder {
@@ -22,6 +37,7 @@ pub struct PgPairBuilder {
     parent: Option<PathBuf>,
     extra_settings: Vec<(String, String)>,
     placements: Vec<(String, IpAddr, Launcher)>,
+    security: Option<PgSecurity>,
 }
 
 impl Default for PgPairBuilder {
@@ -34,6 +50,7 @@ impl Default for PgPairBuilder {
             parent: None,
             extra_settings: Vec::new(),
             placements: Vec::new(),
+            security: None,
         }
     }
 }
@@ -72,6 +89,12 @@ impl PgPairBuilder {
         self
     }
 
+    /// TLS and password authentication over TCP (default: `trust`, no TLS).
+    pub fn secure(mut self, security: PgSecurity) -> Self {
+        self.security = Some(security);
+        self
+    }
+
     /// An extra `postgresql.conf` line for both servers.
     pub fn setting(mut self, key: &str, value: &str) -> Self {
         self.extra_settings.push((key.into(), value.into()));
@@ -97,6 +120,7 @@ impl PgPairBuilder {
                 log_file: dir.path().join(format!("{name}.log")),
                 bin_dir: bin_dir.clone(),
                 run_as,
+                password: self.security.as_ref().map(|s| s.admin_password.clone()),
             })
         };
         let (primary, standby) = (node(&self.primary_name)?, node(&self.standby_name)?);
@@ -110,11 +134,17 @@ impl PgPairBuilder {
         self.initdb(&pair.primary)?;
         let primary_settings = NodeSettings { primary_conninfo: None, synchronous_standby_names: primary_sync };
         start_retrying_port(&mut pair.primary, &primary_settings)?;
+        if let Some(security) = &self.security {
+            create_roles(&pair.primary, security).await?;
+        }
 
         let mut cmd = pair.primary.command("pg_basebackup");
         cmd.arg("-D").arg(&pair.standby.data_dir);
         cmd.args(["-h", &pair.primary.host, "-p", &pair.primary.port.to_string(), "-U", "postgres"]);
         cmd.args(["-X", "stream", "-c", "fast", "--no-sync"]);
+        if let Some(security) = &self.security {
+            cmd.env("PGPASSWORD", &security.admin_password).env("PGSSLMODE", "require");
+        }
         os::run(cmd)?;
         pair.standby.write_standby_signal()?;
         let standby_settings = NodeSettings {
@@ -154,14 +184,82 @@ impl PgPairBuilder {
         for (key, value) in &self.extra_settings {
             conf += &format!("{key} = {value}\n");
         }
+        if let Some(security) = &self.security {
+            // Relative to the data directory; a clone or rewind copies them along.
+            conf += "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n";
+            conf += "password_encryption = 'scram-sha-256'\n";
+            install_server_tls(node, security)?;
+            write_pgpass(node, security)?;
+        }
         conf += "include_if_exists = 'node.conf'\n";
         append(&node.data_dir.join("postgresql.conf"), &conf)?;
-        append(
-            &node.data_dir.join("pg_hba.conf"),
-            "host all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n\
-             host all all samenet trust\nhost replication all samenet trust\n",
-        )
+        let hba = node.data_dir.join("pg_hba.conf");
+        if self.security.is_some() {
+            // Replaces initdb's file: no `host ... trust` line may remain.
+            std::fs::write(
+                &hba,
+                "local all all trust\nlocal replication all trust\n\
+                 hostssl all all 127.0.0.1/32 scram-sha-256\nhostssl replication all 127.0.0.1/32 scram-sha-256\n\
+                 hostssl all all samenet scram-sha-256\nhostssl replication all samenet scram-sha-256\n",
+            )
+            .map_err(io(format!("write {}", hba.display())))
+        } else {
+            append(
+                &hba,
+                "host all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n\
+                 host all all samenet trust\nhost replication all samenet trust\n",
+            )
+        }
     }
+}
+
+/// The server's certificate and key as `server.crt` / `server.key` in the data directory, owned
+/// by the PostgreSQL account (it refuses a key that others may read).
+fn install_server_tls(node: &PgNode, security: &PgSecurity) -> Result<()> {
+    for (from, to) in [(&security.server_cert, "server.crt"), (&security.server_key, "server.key")] {
+        let to = node.data_dir.join(to);
+        write_private(&to, &std::fs::read(from).map_err(io(format!("read {}", from.display())))?)?;
+        os::hand_over(&to, node.run_as)?;
+    }
+    Ok(())
+}
+
+/// The `.pgpass` the standbys' `primary_conninfo` names, in the pair's directory.
+fn write_pgpass(node: &PgNode, security: &PgSecurity) -> Result<()> {
+    let escape = |s: &str| s.replace('\\', "\\\\").replace(':', "\\:");
+    let path = node.passfile();
+    write_private(&path, format!("*:*:*:postgres:{}\n", escape(&security.admin_password)).as_bytes())?;
+    os::hand_over(&path, node.run_as)
+}
+
+fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(format!("create {}", path.display())))?;
+    file.write_all(contents).map_err(io(format!("write {}", path.display())))
+}
+
+/// The admin role's password and the observation role, over the Unix socket (`trust`), before
+/// the standby is cloned (it copies them).
+async fn create_roles(primary: &PgNode, security: &PgSecurity) -> Result<()> {
+    let literal = |s: &str| format!("'{}'", s.replace('\'', "''"));
+    let ident = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    let sql = format!(
+        // Local commits: the primary already waits for its synchronous standby, not cloned yet.
+        "SET synchronous_commit = local; ALTER ROLE postgres PASSWORD {}; \
+         CREATE ROLE {} LOGIN PASSWORD {} IN ROLE pg_monitor",
+        literal(&security.admin_password),
+        ident(&security.observer_user),
+        literal(&security.observer_password)
+    );
+    let client = primary.connect_local().await?;
+    client.batch_execute(&sql).await.map_err(|source| Error::Postgres { what: "create the roles".into(), source })
 }
 
 fn append(path: &Path, text: &str) -> Result<()> {
@@ -214,8 +312,12 @@ impl PgPair {
     /// libpq multi-host connection string that finds whichever server is writable.
     pub fn multi_host_conninfo(&self) -> String {
         format!(
-            "host={},{} port={},{} user=postgres dbname=postgres target_session_attrs=read-write",
-            self.primary.host, self.standby.host, self.primary.port, self.standby.port
+            "host={},{} port={},{} user=postgres dbname=postgres target_session_attrs=read-write{}",
+            self.primary.host,
+            self.standby.host,
+            self.primary.port,
+            self.standby.port,
+            self.primary.credentials()
         )
     }
 

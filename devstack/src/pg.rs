@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::os::{self, RunAs};
 use crate::{Error, Result, io};
@@ -71,12 +71,30 @@ pub struct PgNode {
     pub run_as: Option<RunAs>,
     /// Prepares its commands instead of the plain switch to `run_as`.
     pub launcher: Option<Launcher>,
+    /// The `postgres` role's password when the server is secured ([`crate::PgSecurity`]): TCP
+    /// then needs TLS and this password (scram-sha-256); the Unix socket stays `trust`.
+    pub password: Option<String>,
 }
 
 impl PgNode {
-    /// libpq key/value connection string for the `postgres` database as the `postgres` user.
+    /// libpq key/value connection string for the `postgres` database as the `postgres` user
+    /// (with TLS and the password when the server is secured).
     pub fn conninfo(&self) -> String {
-        format!("host={} port={} user=postgres dbname=postgres", self.host, self.port)
+        format!("host={} port={} user=postgres dbname=postgres{}", self.host, self.port, self.credentials())
+    }
+
+    /// ` sslmode=require password=…` for a secured server, else nothing.
+    pub fn credentials(&self) -> String {
+        self.password
+            .as_ref()
+            .map(|p| format!(" sslmode=require password='{}'", p.replace('\\', "\\\\").replace('\'', "\\'")))
+            .unwrap_or_default()
+    }
+
+    /// The `.pgpass` file of a secured pair (in the directory it shares), which standbys'
+    /// `primary_conninfo` names instead of a password.
+    pub fn passfile(&self) -> std::path::PathBuf {
+        self.socket_dir.join("pgpass")
     }
 
     /// Like [`PgNode::conninfo`] over the Unix socket: reaches the server even when its host is
@@ -87,7 +105,16 @@ impl PgNode {
 
     /// Connection string a standby of this server uses (no dbname: a replication connection).
     pub fn replication_conninfo(&self, application_name: &str) -> String {
-        format!("host={} port={} user=postgres application_name={application_name}", self.host, self.port)
+        self.replication_conninfo_at(&self.host, self.port, application_name)
+    }
+
+    /// [`PgNode::replication_conninfo`] through another address (a link proxy).
+    pub fn replication_conninfo_at(&self, host: &str, port: u16, application_name: &str) -> String {
+        let secured = match &self.password {
+            Some(_) => format!(" sslmode=require passfile='{}'", self.passfile().display()),
+            None => String::new(),
+        };
+        format!("host={host} port={port} user=postgres application_name={application_name}{secured}")
     }
 
     /// Opens a client; the connection task is spawned on the current runtime.
@@ -106,6 +133,7 @@ impl PgNode {
             None => os::pg_command(&self.bin_dir, program, self.run_as),
             Some(launcher) => {
                 let mut cmd = os::pg_command(&self.bin_dir, program, None);
+                os::set_home(&mut cmd, self.run_as);
                 (launcher.0)(&mut cmd, self.run_as);
                 cmd
             }
@@ -200,7 +228,7 @@ impl PgNode {
 }
 
 async fn connect(conninfo: &str, name: &str, port: u16) -> Result<Client> {
-    let (client, connection) = tokio_postgres::connect(conninfo, NoTls)
+    let (client, connection) = tokio_postgres::connect(conninfo, crate::tls::client())
         .await
         .map_err(|source| Error::Postgres { what: format!("connect to {name} on port {port}"), source })?;
     tokio::spawn(async move {
@@ -256,6 +284,7 @@ mod tests {
             bin_dir: "/bin".into(),
             run_as: None,
             launcher: None,
+            password: None,
         };
         let settings = NodeSettings {
             primary_conninfo: Some(node.replication_conninfo("b")),

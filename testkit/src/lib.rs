@@ -17,13 +17,14 @@ pub mod wait;
 pub mod writer;
 
 pub use devstack::os;
+pub use devstack::tls;
 pub use devstack::{PgNode, PgPair, PgPairBuilder, PowerDns, PowerDnsBuilder, StopMode, install_crypto_provider};
 pub use dns::{DnsAnswer, DnsProbe};
 pub use wait::{wait_for, wait_until};
 
 /// PostgreSQL servers and pairs (devstack's).
 pub mod pg {
-    pub use devstack::pair::{PgPair, PgPairBuilder};
+    pub use devstack::pair::{PgPair, PgPairBuilder, PgSecurity};
     pub use devstack::pg::{Launcher, NodeSettings, PgNode, StopMode};
 }
 

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config};
 
 /// Pause between failed connection attempts: short, because the probe measures write gaps.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(10);
@@ -150,7 +150,7 @@ async fn connect(config: &Config) -> Result<Client, String> {
     let per_host = config.get_connect_timeout().copied().unwrap_or(DEFAULT_CONNECT_TIMEOUT);
     let mut errors = Vec::new();
     for one in single_host_configs(config) {
-        match tokio::time::timeout(per_host, one.connect(NoTls)).await {
+        match tokio::time::timeout(per_host, one.connect(devstack::tls::client())).await {
             Ok(Ok((client, connection))) => {
                 tokio::spawn(async move {
                     let _ = connection.await;
@@ -178,7 +178,7 @@ fn single_host_configs(config: &Config) -> Vec<Config> {
                 tokio_postgres::config::Host::Unix(path) => one.host_path(path),
             };
             let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
-            one.port(port).target_session_attrs(config.get_target_session_attrs());
+            one.port(port).target_session_attrs(config.get_target_session_attrs()).ssl_mode(config.get_ssl_mode());
             if let Some(user) = config.get_user() {
                 one.user(user);
             }

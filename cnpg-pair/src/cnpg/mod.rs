@@ -70,7 +70,9 @@ impl CnpgDriver {
             &config.postgres.dbname,
             t.connect,
         );
-        let observer = Arc::new(Observer::new(config.name.clone(), pg, t.connect + t.query));
+        let connector = crate::Connector::from_auth(pg, &crate::PgAuth::default(), true)
+            .map_err(|why| Error::InvalidInput(format!("{}: {why}", config.name)))?;
+        let observer = Arc::new(Observer::new(config.name.clone(), connector, t.connect + t.query));
         let cluster =
             cluster::ClusterApi::new(&config.name, &config.cluster, &config.namespace, config.kube.clone(), t.api);
         Ok(CnpgDriver {

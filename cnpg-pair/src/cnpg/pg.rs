@@ -4,26 +4,22 @@
 
 use std::time::{Duration, Instant};
 
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config};
 
 use super::CnpgDriver;
 use crate::driver::{CaughtUp, Promotion, Upstream};
 use crate::error::{Error, Result};
 use crate::lsn::{Lsn, WalPosition};
 use crate::observe::{self, parse_lsn, timeline_of_walfile};
-use crate::query::{connect_config, timed_on};
+use crate::query::{Connector, connect_config, timed_on};
 
 impl CnpgDriver {
+    /// With the default [`crate::PgAuth`] (TLS when offered, no password): the CNPG driver
+    /// takes no credentials yet (the daemon cannot run a CNPG pair).
     pub(super) async fn connect_to(&self, node: &str, config: &Config) -> Result<Client> {
-        let after = self.config.timeouts.connect;
-        let (client, connection) = tokio::time::timeout(after, config.connect(NoTls))
-            .await
-            .map_err(|_| Error::Timeout { node: node.to_string(), what: "connect", after })?
-            .map_err(|source| Error::Connect { node: node.to_string(), source })?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        Ok(client)
+        let connector = Connector::from_auth(config.clone(), &crate::PgAuth::default(), false)
+            .map_err(|why| Error::InvalidInput(format!("{node}: {why}")))?;
+        connector.connect(node, self.config.timeouts.connect).await
     }
 
     pub(super) async fn connect(&self) -> Result<Client> {

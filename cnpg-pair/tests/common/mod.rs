@@ -21,6 +21,7 @@ pub fn node_config(node: &PgNode, peer: &PgNode) -> PlainNodeConfig {
         synchronous_standby: Some(peer.name.clone()),
         timeouts: Default::default(),
         rejoin: Default::default(),
+        auth: Default::default(),
     }
 }
 

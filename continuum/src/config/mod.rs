@@ -7,6 +7,8 @@
 
 mod driver;
 pub use driver::{CnpgPairConfig, DriverKind};
+mod postgres;
+pub use postgres::{PgPeerConfig, PostgresConfig};
 mod secret_files;
 mod to_lease;
 pub use to_lease::lease_start_error;
@@ -317,52 +319,6 @@ impl PairConfig {
     pub fn effective_wal_stream_timeout(&self, lease: &LeaseConfig) -> Duration {
         self.wal_stream_timeout.unwrap_or_else(|| self.effective_suspect_window(lease).max(Duration::from_secs(1)))
     }
-}
-
-/// Another region's PostgreSQL server of the pair.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PgPeerConfig {
-    pub region: String,
-    #[serde(default = "defaults::pg_host")]
-    pub host: String,
-    #[serde(default = "defaults::pg_port")]
-    pub port: u16,
-}
-
-/// This region's PostgreSQL server of the pair.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PostgresConfig {
-    /// Required by the plain driver; unused with `driver = "cnpg"`.
-    #[serde(default)]
-    pub data_dir: PathBuf,
-    #[serde(default = "defaults::pg_bin_dir")]
-    pub bin_dir: PathBuf,
-    #[serde(default = "defaults::pg_host")]
-    pub host: String,
-    #[serde(default = "defaults::pg_port")]
-    pub port: u16,
-    /// This server's `listen_addresses`, kept in its `node.conf` (a rewind or clone copies the
-    /// peer's `postgresql.conf`). Unset: whatever `postgresql.conf` says.
-    #[serde(default)]
-    pub listen_addresses: Option<String>,
-    #[serde(default = "defaults::pg_superuser")]
-    pub superuser: String,
-    /// OS account the PostgreSQL binaries run as (PostgreSQL refuses root). Unset: the daemon's own.
-    pub run_as: Option<String>,
-    /// Server log (`pg_ctl -l`). Unset: `<data_dir>.log`.
-    pub log_file: Option<PathBuf>,
-    /// Unix socket directory. Unset: the data directory's parent.
-    pub socket_dir: Option<PathBuf>,
-    /// Deadline of the daemon's `pg_ctl stop -m immediate` outside the lease fence (a primary
-    /// without the lease, a server given up); then the postmaster is killed.
-    #[serde(with = "humantime_serde", default = "defaults::pg_stop_timeout")]
-    pub stop_timeout: Duration,
-    /// Deadline of the daemon's `pg_ctl start` (a restart of the holder's crashed server, a
-    /// roll-back).
-    #[serde(with = "humantime_serde", default = "defaults::pg_start_timeout")]
-    pub start_timeout: Duration,
 }
 
 /// The pair's DNS record, committed through PDM on every holder change.

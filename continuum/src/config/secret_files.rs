@@ -12,17 +12,20 @@ use crate::Error;
 impl Config {
     /// Checks every secret file the configuration names. Called before anything starts.
     pub fn check_secret_files(&self) -> Result<(), Error> {
-        let mut files = vec![("tls.key", self.tls.key.as_path())];
+        let mut files: Vec<(String, &Path)> = vec![("tls.key".into(), self.tls.key.as_path())];
         if let Some(api) = &self.api {
-            files.push(("api.tokens_file", api.tokens_file.as_path()));
+            files.push(("api.tokens_file".into(), api.tokens_file.as_path()));
             if let Some(key) = &api.tls_key {
-                files.push(("api.tls_key", key.as_path()));
+                files.push(("api.tls_key".into(), key.as_path()));
             }
         }
         if let Some(pdm) = &self.pdm {
-            files.push(("pdm.token_file", pdm.token_file.as_path()));
+            files.push(("pdm.token_file".into(), pdm.token_file.as_path()));
         }
-        files.into_iter().try_for_each(|(key, path)| check(key, path))
+        for (i, pair) in self.pairs.iter().enumerate() {
+            files.extend(pair.postgres.secret_files().map(|(key, path)| (format!("pairs[{i}].postgres.{key}"), path)));
+        }
+        files.into_iter().try_for_each(|(key, path)| check(&key, path))
     }
 }
 

@@ -278,6 +278,9 @@ fn validate_pair(i: usize, pair: &PairConfig, lease: &LeaseConfig, region: &str)
     if pair.postgres.superuser.trim().is_empty() {
         return Err(invalid(key("postgres.superuser"), "must not be empty"));
     }
+    if let Err((field, why)) = pair.postgres.auth().check() {
+        return Err(invalid(key(&format!("postgres.{field}")), why));
+    }
     super::driver::validate_driver(i, pair, region)?;
     for (j, peer) in pair.peers.iter().enumerate() {
         if peer.port == 0 || peer.region.trim().is_empty() {

@@ -136,6 +136,7 @@ pub(super) fn pair_parts(config: &Config, i: usize, pair: &PairConfig) -> Result
         synchronous_standby: Some(peer_cfg.region.clone()),
         timeouts,
         rejoin: RejoinPolicy::default(),
+        auth: pair.postgres.auth(),
     })
     .map_err(|e| Error::Config { key: key("postgres"), message: e.to_string() })?;
     let mut peer_pg = tokio_postgres::Config::new();
@@ -146,6 +147,10 @@ pub(super) fn pair_parts(config: &Config, i: usize, pair: &PairConfig) -> Result
         .dbname("postgres")
         .application_name("continuum")
         .connect_timeout(pair.peer_connect_timeout);
+    // The peer is observed as the observer role; roles are replicated, so the same credentials
+    // and TLS settings reach it.
+    let peer_connector = cnpg_pair::Connector::from_auth(peer_pg, &pair.postgres.auth(), true)
+        .map_err(|message| Error::Config { key: key("postgres"), message })?;
     let peer_upstream = Upstream {
         name: peer_cfg.region.clone(),
         host: peer_cfg.host.clone(),
@@ -153,7 +158,8 @@ pub(super) fn pair_parts(config: &Config, i: usize, pair: &PairConfig) -> Result
         user: pair.postgres.superuser.clone(),
         dbname: "postgres".into(),
     };
-    let peer_observer = Arc::new(cnpg_pair::Observer::new(peer_cfg.region.clone(), peer_pg, pair.peer_observe_timeout));
+    let peer_observer =
+        Arc::new(cnpg_pair::Observer::new(peer_cfg.region.clone(), peer_connector, pair.peer_observe_timeout));
     Ok(PairParts { cfg: pair.clone(), peer: peer_cfg.region.clone(), peer_observer, peer_upstream, driver })
 }
 

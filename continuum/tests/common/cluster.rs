@@ -159,7 +159,8 @@ fn refuses_writes(e: &tokio_postgres::Error) -> bool {
 /// Whether the server behind `conninfo` accepts writes, asked with a 500 ms deadline per step.
 pub async fn writable(conninfo: String) -> Writable {
     const DEADLINE: Duration = Duration::from_millis(500);
-    let client = match tokio::time::timeout(DEADLINE, tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)).await {
+    let client = match tokio::time::timeout(DEADLINE, tokio_postgres::connect(&conninfo, testkit::tls::client())).await
+    {
         Ok(Err(e)) if refuses_writes(&e) => return Writable::No,
         Err(_) | Ok(Err(_)) => return Writable::Unknown,
         Ok(Ok((client, connection))) => {
@@ -371,7 +372,13 @@ impl Cluster {
         let host_of = |region: &str| -> IpAddr {
             network.as_ref().map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |n| IpAddr::V4(n.host(region).addr))
         };
-        let mut pg = PgPair::builder().names("a", "b");
+        let dir = tempfile::Builder::new().prefix("continuum-e2e-").tempdir()?;
+        let d = dir.path();
+        // One CA for the daemons' mutual TLS and the PostgreSQL servers' certificates; between
+        // regions PostgreSQL takes TLS with scram-sha-256 only (trust on the Unix socket).
+        let ca = continuum::pki::LocalCa::new(d)?;
+        let (security, pg_auth) = topology::secure_postgres(d, &ca, &[host_of("a"), host_of("b")])?;
+        let mut pg = PgPair::builder().names("a", "b").secure(security);
         if let Some(network) = &network {
             for region in ["a", "b"] {
                 let host = network.host(region);
@@ -392,10 +399,7 @@ impl Cluster {
             }
             // The standby streams from a through its link as well.
             pg.standby.write_node_conf(&NodeSettings {
-                primary_conninfo: Some(format!(
-                    "host=127.0.0.1 port={} user=postgres application_name=b",
-                    pg_port[&("b", "a")]
-                )),
+                primary_conninfo: Some(pg.primary.replication_conninfo_at("127.0.0.1", pg_port[&("b", "a")], "b")),
                 synchronous_standby_names: vec!["a".into()],
             })?;
             pg.standby.reload()?;
@@ -403,8 +407,6 @@ impl Cluster {
         }
         let gateway = network.as_ref().map_or(Ipv4Addr::LOCALHOST, Network::gateway);
         let pdns = PowerDns::builder().health_check_interval(topology::HEALTH_CHECK_SECS).start().await?;
-        let dir = tempfile::Builder::new().prefix("continuum-e2e-").tempdir()?;
-        let d = dir.path();
         topology::write_secret(&d.join("pdm.token"), &format!("{PDM_TOKEN}\n"))?;
         // The daemons hold a `commit` token; this harness creates the zone with an `admin` one.
         topology::write_pdm_tokens(&d.join("pdm-tokens.toml"), PDM_TOKEN, PDM_ADMIN_TOKEN)?;
@@ -428,7 +430,6 @@ impl Cluster {
         let pdm = pdm::PdmClient::new(&pdm_url, PDM_ADMIN_TOKEN, Duration::from_secs(10))?;
         pdm.create_zone(&pdm::CreateZoneRequest { name: ZONE.into(), nameservers: vec![] }).await?;
 
-        let ca = continuum::pki::LocalCa::new(d)?;
         let mut nodes = Vec::new();
         for region in ["a", "b", "w"] {
             let data = match region {
@@ -475,6 +476,7 @@ impl Cluster {
             pdm_token_file: d.join("pdm.token"),
             zone: ZONE.into(),
             tokens_file: d.join("tokens.toml"),
+            pg_auth,
         };
         let mut daemons = BTreeMap::new();
         for (node, mut config) in topology.nodes.iter().zip(topology.configs()?) {
