@@ -42,11 +42,13 @@ fn defaults_apply_to_left_out_keys() {
         pair.remove(key);
     }
     let config = Config::parse(&toml::to_string(&doc).unwrap()).unwrap();
-    assert_eq!(config.lease.renew_interval, Duration::from_secs(2));
+    assert_eq!(config.lease.renew_interval, Duration::from_secs(1));
     assert_eq!(config.lease.duration, Duration::from_secs(10));
     assert_eq!(config.raft.heartbeat_interval, Duration::from_millis(500));
+    let elections = (config.raft.election_timeout_min, config.raft.election_timeout_max);
+    assert_eq!(elections, (Duration::from_millis(1100), Duration::from_millis(1600)));
     let pair = &config.pairs[0];
-    assert_eq!((pair.durability, pair.takeover), (Durability::Preferred, Takeover::LeaseExpiry));
+    assert_eq!((pair.durability, pair.takeover), (Durability::Preferred, Takeover::SyncFenced));
     assert!(pair.auto_failover);
 }
 
