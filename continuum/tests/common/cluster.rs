@@ -114,7 +114,9 @@ impl SplitBrainSampler {
     pub fn start(c: &Cluster) -> SplitBrainSampler {
         let counts = Arc::new(Counts::default());
         let stop = tokio_util::sync::CancellationToken::new();
-        let (a, b) = (c.node("a").conninfo(), c.node("b").conninfo());
+        // Over the Unix socket (trust): a sample every 20 ms over TCP would pay TLS and scram's
+        // 4096 HMAC rounds per connection, and a loaded machine then yields too few samples.
+        let (a, b) = (c.node("a").local_conninfo(), c.node("b").local_conninfo());
         let task = {
             let (counts, stop) = (counts.clone(), stop.clone());
             tokio::spawn(async move {
@@ -146,14 +148,15 @@ impl SplitBrainSampler {
     }
 }
 
-/// Nothing listens on the port, or the server says it is starting up or shutting down.
+/// Nothing listens on the port (or no socket file: the server removed it on shutdown), or the
+/// server says it is starting up or shutting down.
 fn refuses_writes(e: &tokio_postgres::Error) -> bool {
     if let Some(code) = e.code() {
         return *code == tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW;
     }
     std::error::Error::source(e)
         .and_then(|s| s.downcast_ref::<std::io::Error>())
-        .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        .is_some_and(|io| matches!(io.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound))
 }
 
 /// Whether the server behind `conninfo` accepts writes, asked with a 500 ms deadline per step.
