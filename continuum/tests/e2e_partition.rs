@@ -48,18 +48,7 @@ async fn a_partitioned_holder_fences_before_b_takes_over_and_rejoins_after_heal(
 
     // a stops taking writes before its lease deadline. Its server is reachable over the Unix
     // socket whatever the network does.
-    let a = c.node("a").clone();
-    testkit::wait_until("a stops taking writes", Duration::from_secs(4), || {
-        let a = a.clone();
-        async move {
-            Ok(match a.connect_local().await {
-                Err(_) => true,
-                Ok(client) => client.query_one("SELECT pg_is_in_recovery()", &[]).await.map_or(true, |r| r.get(0)),
-            })
-        }
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
+    c.wait_stops_taking_writes("a", Duration::from_secs(4)).await.unwrap();
     let fenced_after = cut.elapsed();
     let fenced_wall = SystemTime::now();
     assert!(fenced_after < LEASE + Duration::from_millis(500), "a fenced only {fenced_after:?} after the cut");

@@ -42,14 +42,6 @@ async fn assert_claimed(
     took
 }
 
-/// The raft leader as the witness sees it (node 1 is a).
-async fn witness_leader(c: &Cluster) -> Option<u64> {
-    let api = &c.daemons["w"].api;
-    let request = c.http.get(format!("{api}/v1/status")).bearer_auth(common::VIEWER);
-    let status: continuum::witness::WitnessStatus = request.send().await.unwrap().json().await.unwrap();
-    status.leader
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_of_the_holder_is_claimed_before_its_lease_could_expire() {
     let mut c = Cluster::start(sync_fenced()).await.unwrap();
@@ -81,7 +73,8 @@ async fn a_frozen_holder_is_claimed_and_after_the_thaw_fences_having_acknowledge
     // When a's node leads raft, b's lease reads wait for a new leader after the freeze, and the
     // lease may expire first (issue #13 keeps this open; measured 3.1-4.1 s): then any takeover
     // is accepted, and everything below — a fences, nothing acknowledged is lost — still holds.
-    let a_leads = witness_leader(&c).await == Some(1);
+    // Node 1 is a.
+    let a_leads = c.witness_status().await.unwrap().leader == Some(1);
     let frozen = Frozen::roots(&[daemon, postmaster]);
     assert_claimed(&c, before.epoch, frozen_at, "freeze", None, !a_leads).await;
     writer.wait_acked(acked + 10, Duration::from_secs(20)).await.unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));

@@ -88,18 +88,7 @@ async fn an_isolated_holder_is_claimed_and_acknowledges_nothing_the_claimant_lac
     global.wait_acked(acked + 20, Duration::from_secs(30)).await.unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
 
     // a, cut off, stops taking writes by its own lease deadline (its Unix socket still works).
-    let a = c.node("a").clone();
-    testkit::wait_until("a stops taking writes", Duration::from_secs(10), || {
-        let a = a.clone();
-        async move {
-            Ok(match a.connect_local().await {
-                Err(_) => true,
-                Ok(client) => client.query_one("SELECT pg_is_in_recovery()", &[]).await.map_or(true, |r| r.get(0)),
-            })
-        }
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
+    c.wait_stops_taking_writes("a", Duration::from_secs(10)).await.unwrap();
 
     let healed = Instant::now();
     network.heal("a").unwrap();

@@ -22,18 +22,7 @@ async fn the_witness_reports_raft_health_for_monitoring() {
 
     let anonymous = c.http.get(format!("{api}/v1/status")).send().await.unwrap();
     assert_eq!(anonymous.status(), 401, "status needs a token");
-    let status: WitnessStatus = c
-        .http
-        .get(format!("{api}/v1/status"))
-        .bearer_auth(common::VIEWER)
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: WitnessStatus = c.witness_status().await.unwrap();
     assert_eq!((status.region.as_str(), status.node_id, status.voters.clone()), ("w", 3, vec![1, 2, 3]));
     assert!(status.leader.is_some());
 

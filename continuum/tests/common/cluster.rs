@@ -559,18 +559,37 @@ impl Cluster {
         .with_context(|| self.logs())
     }
 
-    pub async fn status(&self, region: &str) -> anyhow::Result<PairStatus> {
+    /// `GET /v1/status` of `region`'s daemon (the witness' too), as a viewer.
+    async fn status_of<T: serde::de::DeserializeOwned>(&self, region: &str) -> anyhow::Result<T> {
         let api = &self.daemons[region].api;
-        let status: Status = self
-            .http
-            .get(format!("{api}/v1/status"))
-            .bearer_auth(VIEWER)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        let request = self.http.get(format!("{api}/v1/status")).bearer_auth(VIEWER);
+        Ok(request.send().await?.error_for_status()?.json().await?)
+    }
+
+    pub async fn status(&self, region: &str) -> anyhow::Result<PairStatus> {
+        let status: Status = self.status_of(region).await?;
         status.pairs.into_iter().next().context("no pair")
+    }
+
+    pub async fn witness_status(&self) -> anyhow::Result<continuum::witness::WitnessStatus> {
+        self.status_of("w").await
+    }
+
+    /// Waits until `region`'s server takes no writes: asked over its Unix socket, which works
+    /// whatever the network does; refusing connections or being in recovery both count.
+    pub async fn wait_stops_taking_writes(&self, region: &str, timeout: Duration) -> anyhow::Result<()> {
+        let node = self.node(region).clone();
+        testkit::wait_until(&format!("{region} stops taking writes"), timeout, || {
+            let node = node.clone();
+            async move {
+                Ok(match node.connect_local().await {
+                    Err(_) => true,
+                    Ok(client) => client.query_one("SELECT pg_is_in_recovery()", &[]).await.map_or(true, |r| r.get(0)),
+                })
+            }
+        })
+        .await
+        .with_context(|| self.logs())
     }
 
     /// Waits until some data daemon's status satisfies `check`.
@@ -692,16 +711,6 @@ impl Cluster {
     /// The index of the last raft entry applied on the witness: every lease-store write
     /// (renewals, switchover records) is one entry.
     pub async fn raft_applied(&self) -> anyhow::Result<u64> {
-        let api = &self.daemons["w"].api;
-        let status: continuum::witness::WitnessStatus = self
-            .http
-            .get(format!("{api}/v1/status"))
-            .bearer_auth(VIEWER)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        status.last_applied.context("the witness applied nothing yet")
+        self.witness_status().await?.last_applied.context("the witness applied nothing yet")
     }
 }
