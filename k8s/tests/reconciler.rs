@@ -68,8 +68,14 @@ async fn the_reconciler_renders_config_reports_silent_daemons_and_stays_within_i
     assert_eq!(parsed.region, "a");
     assert!(!text.contains("viewer-secret-value"), "no secret value in a ConfigMap");
     assert_eq!(cm.metadata.annotations.as_ref().unwrap()[SECRETS_ANNOTATION], "continuum-tokens,pdm,tls-a");
+    // The reconciler writes the regions' ConfigMaps one after another: wait for each.
     for name in ["orders-b", "orders-w"] {
-        config_maps.get(name).await.unwrap();
+        wait_for(&format!("{name}'s ConfigMap"), Duration::from_secs(30), || {
+            let api = config_maps.clone();
+            async move { Ok(api.get_opt(name).await?) }
+        })
+        .await
+        .unwrap();
     }
 
     let status = wait_for("status says no daemon answered", Duration::from_secs(30), || {
